@@ -72,6 +72,11 @@ def check_probs(probs: torch.Tensor, name: str) -> None:
         )
 
 
+def acceptance_probability(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Chance that a draft token x ~ q passes min(1, p(x)/q(x)): sum_x min(p, q) = 1 - TV(p, q)."""
+    return torch.minimum(p, q).sum(dim=-1)
+
+
 def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """The normalized residual max(0, p - q); falls back to p where it sums to 0 (p == q numerically)."""
     residual = (p - q).clamp_min(0)

@@ -1,12 +1,15 @@
-"""Tiny random model pairs for tests and quick experiments: built from a config, no download."""
+"""Test fixtures: tiny random model pairs built from a config (no download), and a toy speculative step."""
 
 from __future__ import annotations
 
 import copy
 from typing import Literal
 
+import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from .sampling import residual_distribution, sample
 
 
 def tiny_model(
@@ -63,3 +66,58 @@ def tiny_pair(
     """(target, draft): a tiny random target and a noisy copy of it; noise=0 agrees perfectly."""
     target = tiny_model(arch, seed=seed, **config)
     return target, noisy_copy(target, noise, seed=seed + 1)
+
+
+# --- A toy speculative step over a small vocabulary, for exact statistical checks -------------
+
+TOY_VOCAB = 8
+TOY_SAMPLES = 20_000  # a planted bug lands far below p = 1e-6 at this size; the true rule is ~U(0, 1)
+
+
+def toy_distributions(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target p (3, TOY_VOCAB) and draft q (2, TOY_VOCAB), with zeros in q where p > 0 and in p where q > 0."""
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.rand(3, TOY_VOCAB, generator=gen) ** 2
+    q = torch.rand(2, TOY_VOCAB, generator=gen) ** 2
+    p[0, 0] = 0.0  # the draft may propose a token the target never emits
+    q[0, 1] = 0.0  # the target may want a token the draft never proposes
+    p[1, 2] = 0.0
+    q[1, 3] = 0.0
+    return p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+
+
+def buggy_argmax_verify(
+    draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[int, int]:
+    """Planted bug: accept a draft token only when it is the target's argmax ("accept if equal")."""
+    k = len(draft_tokens)
+    for i in range(k):
+        if int(draft_tokens[i]) != int(target_probs[i].argmax()):
+            return i, int(sample(residual_distribution(target_probs[i], draft_probs[i]), generator))
+    return k, int(sample(target_probs[k], generator))
+
+
+def buggy_resample_from_p(
+    draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[int, int]:
+    """Planted bug: the min(1, p/q) test is right, but a rejection resamples from p, not the residual."""
+    u = torch.rand(len(draft_tokens), generator=generator)
+    for i, x in enumerate(draft_tokens.tolist()):
+        if not u[i] * draft_probs[i, x] < target_probs[i, x]:
+            return i, int(sample(target_probs[i], generator))
+    return len(draft_tokens), int(sample(target_probs[-1], generator))
+
+
+def run_toy_verifier(verifier, n: int = TOY_SAMPLES, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run a verifier n times on the toy step; return the first and second emitted tokens and n_accepted."""
+    p, q = toy_distributions()
+    gen = torch.Generator().manual_seed(seed)
+    draft_tokens = torch.stack([torch.multinomial(q[i], n, replacement=True, generator=gen) for i in range(2)], 1)
+    first, second, accepted = [], [], []
+    for row in draft_tokens:
+        n_acc, nxt = verifier(row, q, p, gen)
+        emitted = row[:n_acc].tolist() + [nxt]
+        first.append(emitted[0])
+        second.append(emitted[1] if len(emitted) > 1 else -1)
+        accepted.append(n_acc)
+    return np.array(first), np.array(second), np.array(accepted)
