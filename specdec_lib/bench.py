@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from .generate import SpecStats, autoregressive_generate, speculative_generate
 from .theory import _sync, estimate_alpha, expected_speedup, measure_cost_ratio
@@ -99,11 +100,14 @@ def hf_assisted_generate(
     draft.generation_config.num_assistant_tokens = k
     draft.generation_config.num_assistant_tokens_schedule = "constant"
     draft.generation_config.assistant_confidence_threshold = 0.0
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its internal draft generate() warns about its own arguments
     try:
         ids = input_ids.to(target.device)
         return target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=draft, generation_config=config)
     finally:
         draft.generation_config = saved
+        hf_logging.set_verbosity(verbosity)
 
 
 def _time_method(
@@ -169,3 +173,55 @@ def _spec(
     """One greedy speculative run, as (sequences, stats)."""
     out = speculative_generate(target, draft, prompt, max_new_tokens=max_new_tokens, k=k, use_cache=use_cache)
     return out.sequences, out.stats
+
+
+def tiny_gpt2_pair(noise: float = 0.02) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """The benchmark's tiny GPT-2-style pair: 4 layers, 256 wide, 1024 positions, and a noisy copy as draft."""
+    from .testing import tiny_pair
+
+    return tiny_pair("gpt2", noise=noise, vocab_size=512, n_layer=4, hidden=256, max_positions=1024)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: time the four decoding methods on one pair and print the table and ratios."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m specdec_lib.bench", description=main.__doc__)
+    parser.add_argument("--pair", choices=["tiny-gpt2", "smollm2"], default="smollm2")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=2, help="how many built-in prompts to use")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face assisted generation")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    if args.pair == "tiny-gpt2":
+        target, draft = tiny_gpt2_pair()
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(0, target.config.vocab_size, (1, 8), generator=gen) for _ in range(args.prompts)]
+    else:
+        from .models import load_pair
+
+        target, draft, tokenizer, name = load_pair("smollm2")
+        print(name)
+        prompts = [tokenizer(p, return_tensors="pt").input_ids for p in DEFAULT_PROMPTS[: args.prompts]]
+    result = benchmark(
+        target, draft, prompts, k=args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+        include_hf=not args.no_hf,
+    )
+    print(f"pair {args.pair}, k={args.k}, {args.max_new_tokens} new tokens x {len(prompts)} prompts, "
+          f"median of {args.repeats} repeats, device {target.device}")
+    print(result.table())
+    print(result.summary())
+    print("outputs identical across methods:", result.outputs_agree)
+
+
+DEFAULT_PROMPTS = (
+    "Once upon a time, there was a little",
+    "Here is a list of fruits: apples, bananas,",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+    "Question: What is the boiling point of water?\nAnswer:",
+)
+
+if __name__ == "__main__":
+    main()
