@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from tqdm.auto import trange
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -110,22 +111,13 @@ def hf_assisted_generate(
         hf_logging.set_verbosity(verbosity)
 
 
-def _time_method(
-    run: Callable[[torch.Tensor], tuple[torch.Tensor, SpecStats | None]],
-    prompts: Sequence[torch.Tensor],
-    repeats: int,
-    device: torch.device,
-) -> tuple[list[float], list[torch.Tensor], list[SpecStats | None]]:
-    """Warm up once, then time `repeats` passes over all prompts; return seconds, outputs and stats."""
-    outputs, stats = zip(*(run(p) for p in prompts[:1]))  # warm-up
-    seconds = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        outputs, stats = zip(*(run(p) for p in prompts))
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds, list(outputs), list(stats)
+def _timed(run: Callable, prompts: Sequence[torch.Tensor], device: torch.device) -> tuple[float, list, list]:
+    """One pass of `run` over all prompts: (seconds, outputs, stats), synchronized on CUDA."""
+    _sync(device)
+    start = time.perf_counter()
+    outputs, stats = zip(*(run(p) for p in prompts))
+    _sync(device)
+    return time.perf_counter() - start, list(outputs), list(stats)
 
 
 def benchmark(
@@ -150,9 +142,16 @@ def benchmark(
             runs[name] = lambda p, use_cache=use_cache: _spec(target, draft, p, max_new_tokens, k, use_cache)
     if include_hf:
         runs[METHODS[3]] = lambda p: (hf_assisted_generate(target, draft, p, max_new_tokens=max_new_tokens, k=k), None)
+    for run in runs.values():  # warm-up: first calls allocate caches and pick kernels
+        run(prompts[0])
+    passes: dict[str, list] = {name: [] for name in runs}
+    # Round-robin over methods in every repeat, so a slow spell of a noisy machine hits all of them.
+    for _ in trange(repeats, desc="benchmark repeats", leave=False):
+        for name, run in runs.items():
+            passes[name].append(_timed(run, prompts, device))
     methods = {}
-    for name, run in runs.items():
-        seconds, outputs, stats = _time_method(run, prompts, repeats, device)
+    for name, timed in passes.items():
+        seconds, (_, outputs, stats) = [t[0] for t in timed], timed[-1]
         new_tokens = sum(o.shape[1] - p.shape[1] for o, p in zip(outputs, prompts))
         result = MethodResult(name, seconds, new_tokens, outputs=outputs)
         if stats[0] is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -45,24 +46,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
-def time_decode_call(model: PreTrainedModel, input_ids: torch.Tensor, n_calls: int = 20) -> float:
-    """Median seconds of one cached single-token forward pass after the prompt `input_ids` (1, n)."""
+def _decode_timer(model: PreTrainedModel, input_ids: torch.Tensor) -> Callable[[], float]:
+    """A function that times one cached single-token forward pass after the prompt, at a fixed cache length."""
     runner = ModelRunner(model, use_cache=True)
     prompt = input_ids.to(model.device)
     runner.logits(prompt)  # fill the cache with the prompt
     step = torch.cat([prompt, prompt[:, -1:]], dim=1)
-    times = []
-    for _ in range(n_calls + 2):
+
+    def timed_call() -> float:
         _sync(model.device)
         start = time.perf_counter()
         runner.logits(step)
         _sync(model.device)
-        times.append(time.perf_counter() - start)
         runner.rollback(prompt.shape[1])  # same cache length every call
-    return sorted(times[2:])[len(times[2:]) // 2]
+        return time.perf_counter() - start
+
+    return timed_call
 
 
-def measure_cost_ratio(target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, n_calls: int = 20) -> float:
-    """c: the time of one cached draft call over one cached target call, at the same cache length."""
-    return time_decode_call(draft, input_ids, n_calls) / time_decode_call(target, input_ids, n_calls)
+@torch.inference_mode()
+def measure_cost_ratio(target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, n_calls: int = 21) -> float:
+    """c: the median time of one cached draft call over one cached target call, at the same cache length."""
+    timers = {"draft": _decode_timer(draft, input_ids), "target": _decode_timer(target, input_ids)}
+    times: dict[str, list[float]] = {"draft": [], "target": []}
+    for i in range(n_calls + 2):
+        for name, timer in timers.items():  # alternate, so machine noise hits both alike
+            elapsed = timer()
+            if i >= 2:  # the first calls warm up
+                times[name].append(elapsed)
+    return statistics.median(times["draft"]) / statistics.median(times["target"])
