@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m ipykernel install --sys-prefix --name specdec --display-name "Python (specdec)" >/dev/null
 	@touch $@
 
+# Containers often run as root, which JupyterLab refuses without --allow-root.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_ARGS) notebooks/
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 import torch
-from tqdm.auto import trange
+from tqdm.auto import tqdm, trange
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from .generate import SpecStats, autoregressive_generate, speculative_generate
-from .theory import _sync, estimate_alpha, expected_speedup, measure_cost_ratio
+from .models import load_pair, pick_device
+from .plots import plot_k_sweep
+from .testing import tiny_pair
+from .theory import _sync, estimate_alpha, expected_speedup, expected_tokens_per_step, measure_cost_ratio, optimal_k
 
 METHODS = ("target only (cached)", "speculative, uncached", "speculative, cached", "HF assisted generation")
 
@@ -130,23 +138,33 @@ def benchmark(
     repeats: int = 3,
     include_hf: bool = True,
     include_uncached: bool = True,
+    temperature: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
 ) -> BenchResult:
-    """Time the decoding methods greedily on the same pair, prompts and k, in this one process."""
+    """Time the decoding methods on the same pair, prompts and k, in this one process.
+
+    Greedy by default; with temperature > 0 every run samples from a generator seeded with `seed`
+    (HF assisted generation is then left out: its sampling draws differ from ours).
+    """
     device = target.device
     prompts = [p.to(device).view(1, -1) for p in prompts]
-    runs: dict[str, Callable] = {
-        METHODS[0]: lambda p: (autoregressive_generate(target, p, max_new_tokens=max_new_tokens), None),
-    }
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature)
+
+    def seeded() -> dict:
+        return dict(sampling, generator=torch.Generator(device=device).manual_seed(seed))
+
+    runs: dict[str, Callable] = {METHODS[0]: lambda p: (autoregressive_generate(target, p, **seeded()), None)}
     for name, use_cache in ((METHODS[1], False), (METHODS[2], True)):
         if use_cache or include_uncached:
-            runs[name] = lambda p, use_cache=use_cache: _spec(target, draft, p, max_new_tokens, k, use_cache)
-    if include_hf:
+            runs[name] = lambda p, use_cache=use_cache: _spec(target, draft, p, k, use_cache, **seeded())
+    if include_hf and temperature == 0:
         runs[METHODS[3]] = lambda p: (hf_assisted_generate(target, draft, p, max_new_tokens=max_new_tokens, k=k), None)
     for run in runs.values():  # warm-up: first calls allocate caches and pick kernels
         run(prompts[0])
     passes: dict[str, list] = {name: [] for name in runs}
     # Round-robin over methods in every repeat, so a slow spell of a noisy machine hits all of them.
-    for _ in trange(repeats, desc="benchmark repeats", leave=False):
+    for _ in trange(repeats, desc="benchmark repeats", leave=False, disable=not progress):
         for name, run in runs.items():
             passes[name].append(_timed(run, prompts, device))
     methods = {}
@@ -161,66 +179,194 @@ def benchmark(
         elif name == METHODS[0]:
             result.target_calls = new_tokens
         methods[name] = result
-    spec = methods[METHODS[2]].stats
-    alpha = estimate_alpha([n for st in spec for n in st.proposed], [n for st in spec for n in st.accepted])
-    return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=measure_cost_ratio(target, draft, prompts[0]))
+    spec = methods[METHODS[2]]
+    alpha = estimate_alpha([n for st in spec.stats for n in st.proposed], [n for st in spec.stats for n in st.accepted])
+    # c at the cache lengths of the real run: from the first prompt's start to its end.
+    c = measure_cost_ratio(target, draft, spec.outputs[0], at_lengths=_spread(prompts[0].shape[1], spec.outputs[0].shape[1]))
+    return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c)
+
+
+def _spread(start: int, end: int, n: int = 3) -> list[int]:
+    """n cache lengths spread evenly from start to end-1."""
+    return sorted({start + (end - 1 - start) * i // max(n - 1, 1) for i in range(n)})
 
 
 def _spec(
-    target: PreTrainedModel, draft: PreTrainedModel, prompt: torch.Tensor, max_new_tokens: int, k: int, use_cache: bool
+    target: PreTrainedModel, draft: PreTrainedModel, prompt: torch.Tensor, k: int, use_cache: bool, **kwargs
 ) -> tuple[torch.Tensor, SpecStats]:
-    """One greedy speculative run, as (sequences, stats)."""
-    out = speculative_generate(target, draft, prompt, max_new_tokens=max_new_tokens, k=k, use_cache=use_cache)
+    """One speculative run, as (sequences, stats)."""
+    out = speculative_generate(target, draft, prompt, k=k, use_cache=use_cache, **kwargs)
     return out.sequences, out.stats
 
 
 def tiny_gpt2_pair(noise: float = 0.02) -> tuple[PreTrainedModel, PreTrainedModel]:
     """The benchmark's tiny GPT-2-style pair: 4 layers, 256 wide, 1024 positions, and a noisy copy as draft."""
-    from .testing import tiny_pair
-
     return tiny_pair("gpt2", noise=noise, vocab_size=512, n_layer=4, hidden=256, max_positions=1024)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: time the four decoding methods on one pair and print the table and ratios."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m specdec_lib.bench", description=main.__doc__)
-    parser.add_argument("--pair", choices=["tiny-gpt2", "smollm2"], default="smollm2")
-    parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--prompts", type=int, default=2, help="how many built-in prompts to use")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face assisted generation")
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    if args.pair == "tiny-gpt2":
-        target, draft = tiny_gpt2_pair()
-        gen = torch.Generator().manual_seed(0)
-        prompts = [torch.randint(0, target.config.vocab_size, (1, 8), generator=gen) for _ in range(args.prompts)]
-    else:
-        from .models import load_pair
-
-        target, draft, tokenizer, name = load_pair("smollm2")
-        print(name)
-        prompts = [tokenizer(p, return_tensors="pt").input_ids for p in DEFAULT_PROMPTS[: args.prompts]]
-    result = benchmark(
-        target, draft, prompts, k=args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-        include_hf=not args.no_hf,
-    )
-    print(f"pair {args.pair}, k={args.k}, {args.max_new_tokens} new tokens x {len(prompts)} prompts, "
-          f"median of {args.repeats} repeats, device {target.device}")
-    print(result.table())
-    print(result.summary())
-    print("outputs identical across methods:", result.outputs_agree)
-
-
+# The built-in varied prompt set: prose, lists, code, Q&A, instructions.
 DEFAULT_PROMPTS = (
     "Once upon a time, there was a little",
     "Here is a list of fruits: apples, bananas,",
     'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     "Question: What is the boiling point of water?\nAnswer:",
+    "1. Preheat the oven to 180 degrees.\n2.",
 )
+
+
+def load_prompts(path: str | None) -> list[str]:
+    """Prompts from a file (a JSON list of strings, or one prompt per line) or the built-in varied set."""
+    if path is None:
+        return list(DEFAULT_PROMPTS)
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        prompts = json.loads(text)
+    else:
+        prompts = [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError(f"{path}: expected a non-empty list of prompt strings")
+    return prompts
+
+
+def sweep_k(
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
+    prompts: Sequence[torch.Tensor],
+    ks: Sequence[int],
+    *,
+    max_new_tokens: int = 64,
+    repeats: int = 3,
+    temperature: float = 0.0,
+    progress: bool = True,
+) -> list[dict]:
+    """Benchmark the cached loop against the target alone for each k; one JSON-ready dict per k."""
+    runs = []
+    for k in tqdm(ks, desc="k sweep", disable=not progress):
+        r = benchmark(target, draft, prompts, k=k, max_new_tokens=max_new_tokens, repeats=repeats,
+                      include_hf=False, include_uncached=False, temperature=temperature, progress=progress)
+        spec, base = r.methods[METHODS[2]], r.methods[METHODS[0]]
+        runs.append({
+            "k": k,
+            "tokens_per_s": spec.tokens_per_s,
+            "target_only_tokens_per_s": base.tokens_per_s,
+            "speedup": r.ratio(METHODS[2]),
+            "alpha": r.alpha,
+            "c": r.c,
+            "acceptance_rate": spec.acceptance,
+            "target_calls": spec.target_calls,
+            "new_tokens": spec.new_tokens,
+            "tokens_per_target_call": spec.new_tokens / spec.target_calls,
+            "predicted_speedup": r.predicted_speedup,
+            "predicted_tokens_per_target_call": expected_tokens_per_step(r.alpha, k),
+            "outputs_match_target": r.outputs_agree if temperature == 0 else None,
+        })
+    return runs
+
+
+def pooled_alpha_c(runs: Sequence[Mapping]) -> tuple[float, float]:
+    """One (alpha, c) for a sweep: alpha weighted by target calls, c averaged."""
+    calls = sum(r["target_calls"] for r in runs)
+    return sum(r["alpha"] * r["target_calls"] for r in runs) / calls, statistics.fmean(r["c"] for r in runs)
+
+
+def format_sweep(runs: Sequence[Mapping]) -> str:
+    """A readable table of a k sweep."""
+    lines = [f"{'k':>3}{'tok/s':>9}{'target':>9}{'speedup':>9}{'predicted':>10}{'meas/pred':>10}"
+             f"{'alpha':>7}{'c':>7}{'tok/call':>9}"]
+    for r in runs:
+        lines.append(
+            f"{r['k']:>3}{r['tokens_per_s']:>9.1f}{r['target_only_tokens_per_s']:>9.1f}{r['speedup']:>8.2f}x"
+            f"{r['predicted_speedup']:>9.2f}x{r['speedup'] / r['predicted_speedup']:>10.2f}"
+            f"{r['alpha']:>7.2f}{r['c']:>7.2f}{r['tokens_per_target_call']:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _parse_ks(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4], each >= 1."""
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k takes comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"--k values must be integers >= 1, got {text!r}")
+    return ks
+
+
+def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel, object, str]:
+    """The pair the command line asks for, on the requested device and dtype."""
+    dtype = getattr(torch, args.dtype)
+    if args.preset == "tiny-gpt2":
+        target, draft = tiny_gpt2_pair()
+        device = pick_device(args.device)
+        return target.to(device, dtype), draft.to(device, dtype), None, "tiny random GPT-2-style pair (4x256) + noisy copy"
+    pair = load_pair(None if args.target else args.preset, target=args.target, draft=args.draft,
+                     device=args.device, dtype=dtype)
+    return pair.target, pair.draft, pair.tokenizer, pair.name
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Sweep k for a model pair; print a table, and optionally write JSON and a plot."""
+    parser = argparse.ArgumentParser(prog="python -m specdec_lib.bench", description=main.__doc__)
+    parser.add_argument("--preset", choices=["smollm2", "gpt2", "tiny-gpt2"], default="smollm2")
+    parser.add_argument("--target", help="hub name or path of a target model (with --draft)")
+    parser.add_argument("--draft", help="draft model; with --preset smollm2, a stand-in kind such as int8")
+    parser.add_argument("--k", type=_parse_ks, default=[1, 2, 4, 6, 8], help="comma-separated, e.g. 1,2,4,8")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--prompts", help="file of prompts: a JSON list, or one per line (\\n for newlines)")
+    parser.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--out", help="write every run as JSON here")
+    parser.add_argument("--plot", help="write the speedup plots (PNG) here")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1 or args.repeats < 1:
+        parser.error("--max-new-tokens and --repeats must be >= 1")
+    torch.manual_seed(0)
+    target, draft, tokenizer, name = _load(args)
+    texts = load_prompts(args.prompts)[: args.num_prompts]
+    if tokenizer is None:  # the tiny random pair has no tokenizer: random prompts of 8 tokens
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(0, target.config.vocab_size, (1, 8), generator=gen) for _ in texts]
+    else:
+        prompts = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
+    print(f"{name}\ndevice {target.device}, {args.dtype}, temperature {args.temperature}, "
+          f"{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
+    runs = sweep_k(target, draft, prompts, args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                   temperature=args.temperature)
+    alpha, c = pooled_alpha_c(runs)
+    best = max(runs, key=lambda r: r["speedup"])
+    report = {
+        "pair": name, "device": str(target.device), "device_name": _device_name(target.device),
+        "dtype": args.dtype, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats, "prompts": texts, "alpha": alpha, "c": c,
+        "best_k_measured": best["k"], "best_k_predicted": optimal_k(alpha, c), "runs": runs,
+    }
+    print(format_sweep(runs))
+    print(f"pooled alpha {alpha:.3f}, c {c:.3f}; best k measured {best['k']} ({best['speedup']:.2f}x), "
+          f"predicted {report['best_k_predicted']} ({expected_speedup(alpha, report['best_k_predicted'], c):.2f}x)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print("wrote", args.out)
+    if args.plot:
+        plot_k_sweep(runs, alpha, c, title=f"{name} ({_device_name(target.device)})").savefig(args.plot, dpi=120)
+        print("wrote", args.plot)
+    return report
+
+
+def _device_name(device: torch.device) -> str:
+    """A human-readable name of the device, e.g. the GPU model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux names the CPU model here; platform.processor() is often empty
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine() or device.type
+    return f"{name}, {os.cpu_count()} cores" if device.type == "cpu" else name
+
 
 if __name__ == "__main__":
     main()

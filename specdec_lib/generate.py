@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from .greedy import greedy_verify_tensors
 from .kv_cache import ModelRunner, max_positions
+from .models import check_same_vocab
 from .sampling import check_sampling_args, logits_to_probs, rejection_verify_tensors, sample
 
 
@@ -93,11 +94,6 @@ def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], bool]:
     return tokens, False
 
 
-def _vocab_size(model: PreTrainedModel) -> int:
-    """The size of the model's output vocabulary."""
-    return model.config.vocab_size
-
-
 def _prepare_prompt(model: PreTrainedModel, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Validate a prompt and the length budget; return it as a (1, n) long tensor on the model's device."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -113,7 +109,7 @@ def _prepare_prompt(model: PreTrainedModel, input_ids: torch.Tensor, max_new_tok
         raise ValueError("input_ids is an empty prompt; give at least one token")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise ValueError(f"input_ids must hold integer token ids, got dtype {ids.dtype}")
-    vocab = _vocab_size(model)
+    vocab = model.config.vocab_size
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab:
         raise ValueError(f"input_ids holds token ids outside the vocabulary [0, {vocab}): min {lo}, max {hi}")
@@ -197,8 +193,8 @@ def _verify(
     top_k: int | None,
     top_p: float | None,
     generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One target call over seq + drafts; return (n_accepted, next_token) as device scalars, and p(x) when sampling."""
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """One target call over seq + drafts: (n_accepted, next_token) as device scalars, and (p(x), q(x)) when sampling."""
     k = draft_tokens.shape[0]
     target_logits = runner.logits(torch.cat([seq, draft_tokens.view(1, -1)], dim=1), keep=k + 1)
     if verifier == "greedy":
@@ -207,8 +203,8 @@ def _verify(
     if draft_probs is None:  # a greedy draft is a sampler whose q is one-hot
         draft_probs = torch.nn.functional.one_hot(draft_tokens, target_logits.shape[-1]).float()
     n, nxt = rejection_verify_tensors(draft_tokens, draft_probs, target_probs, generator)
-    p_x = target_probs[torch.arange(k, device=target_probs.device), draft_tokens]
-    return n, nxt, p_x
+    rows = torch.arange(k, device=target_probs.device)
+    return n, nxt, (target_probs[rows, draft_tokens], draft_probs[rows, draft_tokens])
 
 
 @torch.inference_mode()
@@ -240,11 +236,7 @@ def speculative_generate(
         raise ValueError(f"verifier must be 'auto', 'greedy' or 'rejection', got {verifier!r}")
     if verifier == "greedy" and temperature > 0:
         raise ValueError("verifier='greedy' needs temperature=0; sampling needs the rejection rule")
-    if _vocab_size(target) != _vocab_size(draft):
-        raise ValueError(
-            f"target and draft vocabularies differ: target vocab_size={_vocab_size(target)}, "
-            f"draft vocab_size={_vocab_size(draft)}; they must share one tokenizer"
-        )
+    check_same_vocab(target, draft)
     if verifier == "auto":
         verifier = "greedy" if temperature == 0 else "rejection"
     seq = _prepare_prompt(target, input_ids, max_new_tokens)
@@ -261,20 +253,15 @@ def speculative_generate(
         if draft_limit is not None:
             k_step = max(0, min(k_step, draft_limit - seq.shape[1] + 1))
         draft_tokens, draft_probs = _draft(draft_runner, seq, k_step, temperature, top_k, top_p, generator)
-        n_t, next_t, p_x = _verify(
+        n_t, next_t, p_q = _verify(
             target_runner, seq, draft_tokens, draft_probs, verifier, temperature, top_k, top_p, generator
         )
         # The one host sync per step: the counts and tokens that control flow and stats need.
         n, next_token, *drafted = torch.cat([n_t.view(1), next_t.view(1), draft_tokens]).tolist()
         seq = torch.cat([seq, draft_tokens[:n].view(1, -1), next_t.view(1, 1)], dim=1)
         record = StepRecord(drafted, n, next_token)
-        if p_x is not None:
-            record.p_draft = p_x.tolist()
-            record.q_draft = (
-                draft_probs[torch.arange(k_step, device=seq.device), draft_tokens].tolist()
-                if draft_probs is not None
-                else [1.0] * k_step
-            )
+        if p_q is not None:
+            record.p_draft, record.q_draft = p_q[0].tolist(), p_q[1].tolist()
         new, done = _cut_at_eos(record.new_tokens, eos)
         if done:
             seq = seq[:, : seq.shape[1] - (n + 1 - len(new))]

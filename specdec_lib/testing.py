@@ -121,3 +121,23 @@ def run_toy_verifier(verifier, n: int = TOY_SAMPLES, seed: int = 1) -> tuple[np.
         second.append(emitted[1] if len(emitted) > 1 else -1)
         accepted.append(n_acc)
     return np.array(first), np.array(second), np.array(accepted)
+
+
+class ToyTokenizer:
+    """A stand-in tokenizer for tiny models: token i is the i-th printable character (space is 0)."""
+
+    alphabet = " abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,\n"
+
+    def __init__(self, vocab_size: int = 64):
+        self.vocab_size = vocab_size
+
+    def decode(self, ids) -> str:
+        """Characters of the ids (ids beyond the alphabet show as ?)."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        ids = [ids] if isinstance(ids, int) else ids
+        return "".join(self.alphabet[i] if i < len(self.alphabet) else "?" for i in ids)
+
+    def __call__(self, text: str, return_tensors: str | None = None):
+        """Encode text character by character, like a Hugging Face tokenizer call."""
+        ids = [self.alphabet.index(ch) % self.vocab_size for ch in text if ch in self.alphabet]
+        return type("Encoding", (), {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids})()

@@ -46,32 +46,47 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _decode_timer(model: PreTrainedModel, input_ids: torch.Tensor) -> Callable[[], float]:
-    """A function that times one cached single-token forward pass after the prompt, at a fixed cache length."""
+def _decode_timer(model: PreTrainedModel, prefix: torch.Tensor) -> Callable[[], float]:
+    """A function that times one cached single-token forward pass after `prefix`, at a fixed cache length."""
     runner = ModelRunner(model, use_cache=True)
-    prompt = input_ids.to(model.device)
-    runner.logits(prompt)  # fill the cache with the prompt
-    step = torch.cat([prompt, prompt[:, -1:]], dim=1)
+    prefix = prefix.to(model.device)
+    runner.logits(prefix)  # fill the cache
+    step = torch.cat([prefix, prefix[:, -1:]], dim=1)
 
     def timed_call() -> float:
         _sync(model.device)
         start = time.perf_counter()
         runner.logits(step)
         _sync(model.device)
-        runner.rollback(prompt.shape[1])  # same cache length every call
+        runner.rollback(prefix.shape[1])  # same cache length every call
         return time.perf_counter() - start
 
     return timed_call
 
 
 @torch.inference_mode()
-def measure_cost_ratio(target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, n_calls: int = 21) -> float:
-    """c: the median time of one cached draft call over one cached target call, at the same cache length."""
-    timers = {"draft": _decode_timer(draft, input_ids), "target": _decode_timer(target, input_ids)}
-    times: dict[str, list[float]] = {"draft": [], "target": []}
-    for i in range(n_calls + 2):
-        for name, timer in timers.items():  # alternate, so machine noise hits both alike
-            elapsed = timer()
-            if i >= 2:  # the first calls warm up
-                times[name].append(elapsed)
-    return statistics.median(times["draft"]) / statistics.median(times["target"])
+def measure_cost_ratio(
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
+    sequence: torch.Tensor,
+    at_lengths: Sequence[int] | None = None,
+    n_calls: int = 15,
+) -> float:
+    """c: median time of one cached draft call over one cached target call, averaged over cache lengths.
+
+    `sequence` (1, L) is a real run's text; `at_lengths` are the cache lengths to measure at
+    (default: L - 1). Draft and target calls alternate, so machine noise hits both alike.
+    """
+    sequence = sequence.view(1, -1)
+    ratios = []
+    for length in at_lengths or [sequence.shape[1] - 1]:
+        prefix = sequence[:, : max(1, min(length, sequence.shape[1] - 1))]
+        timers = {"draft": _decode_timer(draft, prefix), "target": _decode_timer(target, prefix)}
+        times: dict[str, list[float]] = {"draft": [], "target": []}
+        for i in range(n_calls + 2):
+            for name, timer in timers.items():
+                elapsed = timer()
+                if i >= 2:  # the first calls warm up
+                    times[name].append(elapsed)
+        ratios.append(statistics.median(times["draft"]) / statistics.median(times["target"]))
+    return statistics.fmean(ratios)

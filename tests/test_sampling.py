@@ -137,3 +137,14 @@ def test_seeded_sampling_is_reproducible_and_cache_independent():
     assert torch.equal(runs[0], runs[1])
     # Same draws in the same order on both paths; the logits differ only by float rounding.
     assert torch.equal(runs[0], runs[2])
+
+
+def test_sampling_trace_records_p_and_q_of_each_draft():
+    target, draft = tiny_pair("gpt2", noise=0.1, vocab_size=64)
+    out = speculative_generate(target, draft, torch.tensor([[3, 1, 4]]), max_new_tokens=20, k=3,
+                               temperature=1.0, generator=torch.Generator().manual_seed(0))
+    for step in out.stats.steps:
+        assert len(step.p_draft) == len(step.q_draft) == len(step.draft_tokens)
+        assert all(0 <= p <= 1 and 0 < q <= 1 for p, q in zip(step.p_draft, step.q_draft))
+    greedy = speculative_generate(target, draft, torch.tensor([[3, 1, 4]]), max_new_tokens=8, k=3, verifier="rejection")
+    assert all(q == 1.0 for step in greedy.stats.steps for q in step.q_draft)  # a greedy draft's q is one-hot

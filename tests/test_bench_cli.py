@@ -1,0 +1,69 @@
+"""The benchmark command line and the plots, headless (Agg), on the tiny random pair."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+
+from specdec_lib.bench import DEFAULT_PROMPTS, load_prompts, main
+from specdec_lib.plots import plot_k_sweep, plot_speedup_heatmap
+from specdec_lib.theory import expected_speedup
+
+
+def test_cli_writes_json_and_plot(tmp_path, capsys):
+    out, plot = tmp_path / "r.json", tmp_path / "r.png"
+    report = main(["--preset", "tiny-gpt2", "--k", "1,3", "--max-new-tokens", "8", "--num-prompts", "2",
+                   "--repeats", "1", "--out", str(out), "--plot", str(plot)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert [r["k"] for r in saved["runs"]] == [1, 3]
+    for r in saved["runs"]:
+        assert r["new_tokens"] == 16 and r["outputs_match_target"] is True
+        assert r["tokens_per_s"] > 0 and 0 <= r["alpha"] <= 1 and r["c"] > 0
+        assert r["predicted_speedup"] == pytest.approx(expected_speedup(r["alpha"], r["k"], r["c"]))
+    assert saved["best_k_measured"] in (1, 3) and len(saved["prompts"]) == 2
+    assert plot.stat().st_size > 10_000
+    assert "meas/pred" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["0,2", "a,b", ""])
+def test_cli_rejects_bad_k(bad):
+    with pytest.raises(SystemExit):
+        main(["--preset", "tiny-gpt2", "--k", bad])
+
+
+def test_load_prompts(tmp_path):
+    assert load_prompts(None) == list(DEFAULT_PROMPTS)
+    (tmp_path / "p.json").write_text(json.dumps(["a\nb", "c"]))
+    assert load_prompts(str(tmp_path / "p.json")) == ["a\nb", "c"]
+    (tmp_path / "p.txt").write_text("first\\nline\n\nsecond\n")
+    assert load_prompts(str(tmp_path / "p.txt")) == ["first\nline", "second"]
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ValueError, match="non-empty"):
+        load_prompts(str(tmp_path / "bad.json"))
+
+
+def test_k_sweep_plot_has_curves_and_points():
+    runs = [{"k": k, "speedup": 1.0 + k / 10, "tokens_per_target_call": 1 + k / 2} for k in (1, 2, 4)]
+    fig = plot_k_sweep(runs, alpha=0.7, c=0.1)
+    left, right = fig.axes[:2]
+    assert len(left.lines) == 3  # predicted curve, measured points, the 1.0 line
+    assert list(left.lines[1].get_xdata()) == [1, 2, 4]
+    assert len(right.lines) == 2
+
+
+def test_heatmap_marks_points():
+    fig = plot_speedup_heatmap(4, {"stand-in": (0.8, 0.6), "trained": (0.5, 0.1)})
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["stand-in", "trained"]
+
+
+def test_compare_cli_runs_all_four_methods(capsys):
+    from specdec_lib.compare import main as compare
+
+    result = compare(["--pair", "tiny-gpt2", "--k", "2", "--max-new-tokens", "8", "--repeats", "1"])
+    assert result.outputs_agree and len(result.methods) == 4
+    assert "ours / HF assisted generation" in capsys.readouterr().out

@@ -1,0 +1,116 @@
+"""Widgets and plots, headless: build without displaying, move sliders, click buttons, inspect the HTML."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+
+from conftest import cached_pair
+from specdec_lib import speculative_generate
+from specdec_lib.generate import StepRecord
+from specdec_lib.plots import plot_accepted_histogram, plot_acceptance_per_position
+from specdec_lib.testing import ToyTokenizer
+from specdec_lib.widgets import LiveStepper, StepViewer, run_view_html, step_table_html, text_html
+
+TOK = ToyTokenizer()
+PROMPT = torch.tensor([[8, 5, 12, 12, 15]])  # "hello"
+
+
+@pytest.fixture(scope="module")
+def run():
+    target, draft = cached_pair("gpt2", "medium")
+    return speculative_generate(target, draft, PROMPT, max_new_tokens=30, k=4)
+
+
+def states(html: str, state: str) -> int:
+    """How many token spans of a state the HTML holds."""
+    return html.count(f'data-state="{state}"')
+
+
+def test_step_html_colours_each_state():
+    step = StepRecord(draft_tokens=[1, 2, 3, 4], n_accepted=2, next_token=9)
+    html = text_html(TOK, [8, 5], [step])
+    assert states(html, "prompt") == 2 and states(html, "accepted") == 2
+    assert states(html, "rejected") == 2 and states(html, "correction") == 1 and states(html, "bonus") == 0
+    assert "✗" in html and "↻" in html  # markers, not colour alone
+    bonus = text_html(TOK, [8], [StepRecord([1, 2], 2, 3)])
+    assert states(bonus, "bonus") == 1 and "★" in bonus and states(bonus, "rejected") == 0
+
+
+def test_whitespace_is_visible():
+    html = text_html(TOK, [0, 8, TOK.alphabet.index("\n")], [])  # space, "h", newline
+    assert "·" in html and "↵" in html
+
+
+def test_only_the_current_step_shows_its_rejected_drafts():
+    steps = [StepRecord([1, 2], 0, 5), StepRecord([3, 4], 1, 6)]
+    assert states(text_html(TOK, [8], steps, upto=1), "rejected") == 1
+    assert states(text_html(TOK, [8], steps, upto=0), "rejected") == 2
+
+
+def test_table_shows_verdicts_and_sampling_columns():
+    greedy = step_table_html(TOK, StepRecord([1, 2, 3], 1, 7))
+    assert "accepted" in greedy and "rejected" in greedy and "not checked" in greedy and "p(x)" not in greedy
+    sampled = step_table_html(TOK, StepRecord([1, 2], 2, 7, p_draft=[0.5, 0.2], q_draft=[0.25, 0.4]))
+    assert "p(x)" in sampled and "0.500" in sampled and "bonus token" in sampled
+    assert "1.000" in sampled and "0.500" in sampled  # min(1, 0.5/0.25) and min(1, 0.2/0.4)
+
+
+def test_step_viewer_slider_shows_the_chosen_step(run):
+    viewer = StepViewer(run, TOK, PROMPT.shape[1])
+    assert viewer.slider.max == len(run.stats.steps) - 1
+    for i in (0, viewer.slider.max, 2):
+        viewer.slider.value = i
+        step = run.stats.steps[i]
+        assert f"step {i + 1} of {len(run.stats.steps)}" in viewer.html.value
+        assert states(viewer.html.value, "rejected") == len(step.draft_tokens) - step.n_accepted
+    assert viewer.html.value == run_view_html(run, TOK, PROMPT.shape[1], 2)  # the static twin is the same view
+
+
+def test_step_viewer_text_matches_the_output(run):
+    last = run_view_html(run, TOK, PROMPT.shape[1], len(run.stats.steps) - 1)
+    shown = sum(states(last, s) for s in ("prompt", "accepted", "correction", "bonus"))
+    assert shown == run.sequences.shape[1]
+
+
+def test_live_stepper_appends_one_step_per_click():
+    target, draft = cached_pair("gpt2", "perfect")
+    live = LiveStepper(target, draft, TOK, prompt="hello", k=3)
+    live.step_button.click()
+    assert len(live.state.steps) == 1 and len(live.state.tokens) == 5 + 4  # perfect draft: k + bonus
+    live.k.value = 2
+    live.step_button.click()
+    assert len(live.state.tokens) == 5 + 4 + 3
+    assert states(live.html.value, "bonus") == 2
+    ref = speculative_generate(target, draft, torch.tensor([live.state.prompt]), max_new_tokens=7, k=8)
+    assert live.state.tokens == ref.sequences[0].tolist()  # steps chain into the target's own greedy text
+    live.reset_button.click()
+    assert live.state.steps == [] and states(live.html.value, "accepted") == 0
+
+
+def test_live_stepper_samples_reproducibly():
+    target, draft = cached_pair("gpt2", "medium")
+    texts = []
+    for _ in range(2):
+        live = LiveStepper(target, draft, TOK, prompt="hello", k=3, temperature=1.0, seed=3)
+        for _ in range(3):
+            live.step_button.click()
+        texts.append(live.state.tokens)
+    assert texts[0] == texts[1]
+    assert live.state.steps[0].p_draft is not None and "q(x)" in live.html.value
+
+
+def test_per_position_plot_has_k_bars_and_theory_line(run):
+    fig = plot_acceptance_per_position(run.stats)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4 and len(ax.lines) == 1
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == sorted(heights, reverse=True)  # accepting position i needs all before it
+
+
+def test_histogram_has_k_plus_one_bars(run):
+    ax = plot_accepted_histogram([run.stats, run.stats]).axes[0]
+    assert len(ax.patches) == 5 and len(ax.lines) == 1
+    assert sum(p.get_height() for p in ax.patches) == pytest.approx(1.0)
