@@ -10,9 +10,11 @@ and saves docs/img/step_viewer.png and docs/img/per_position.png.
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,11 +39,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_lab(port: int) -> subprocess.Popen:
-    """JupyterLab from the project's .venv, serving notebooks/ on localhost only."""
+def start_lab(port: int, root: Path) -> subprocess.Popen:
+    """JupyterLab from the project's .venv, serving `root` on localhost only."""
     return subprocess.Popen(
         [str(ROOT / ".venv/bin/jupyter"), "lab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={ROOT / 'notebooks'}"],
+         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -55,7 +57,10 @@ def main() -> None:
     out = ROOT / "docs/img"
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    lab = start_lab(port)
+    # Serve a copy: JupyterLab autosaves, and the committed notebook must keep its nbconvert outputs.
+    root = Path(tempfile.mkdtemp(prefix="specdec-shots-"))
+    shutil.copy(ROOT / "notebooks/02_greedy_loop.ipynb", root)
+    lab = start_lab(port, root)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
@@ -85,6 +90,7 @@ def main() -> None:
             browser.close()
     finally:
         lab.terminate()
+        shutil.rmtree(root, ignore_errors=True)
     print("wrote", out / "step_viewer.png", "and", out / "per_position.png")
 
 

@@ -125,10 +125,11 @@ class StepViewer(widgets.VBox):
         if not out.stats.steps:
             raise ValueError("this run has no steps to show (max_new_tokens=0?)")
         self.out, self.tokenizer, self.prompt_length = out, tokenizer, prompt_length
-        self.slider = widgets.IntSlider(value=step, min=0, max=len(out.stats.steps) - 1, description="step",
+        # The slider counts steps from 1, like the view's title; `step` and `show` count from 0.
+        self.slider = widgets.IntSlider(value=step + 1, min=1, max=len(out.stats.steps), description="step",
                                         continuous_update=True, layout=widgets.Layout(width="500px"))
         self.html = widgets.HTML()
-        self.slider.observe(lambda change: self.show(change["new"]), names="value")
+        self.slider.observe(lambda change: self.show(change["new"] - 1), names="value")
         super().__init__([self.slider, self.html])
         self.show(step)
 

@@ -60,9 +60,9 @@ def test_table_shows_verdicts_and_sampling_columns():
 
 def test_step_viewer_slider_shows_the_chosen_step(run):
     viewer = StepViewer(run, TOK, PROMPT.shape[1])
-    assert viewer.slider.max == len(run.stats.steps) - 1
-    for i in (0, viewer.slider.max, 2):
-        viewer.slider.value = i
+    assert (viewer.slider.min, viewer.slider.max) == (1, len(run.stats.steps))
+    for i in (0, len(run.stats.steps) - 1, 2):
+        viewer.slider.value = i + 1  # the slider counts from 1
         step = run.stats.steps[i]
         assert f"step {i + 1} of {len(run.stats.steps)}" in viewer.html.value
         assert states(viewer.html.value, "rejected") == len(step.draft_tokens) - step.n_accepted
