@@ -18,11 +18,11 @@ from tqdm.auto import tqdm, trange
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from .generate import SpecStats, autoregressive_generate, speculative_generate
+from .generate import SpecStats, autoregressive_generate, pool_steps, speculative_generate
 from .models import load_pair, pick_device
 from .plots import plot_k_sweep
 from .testing import tiny_pair
-from .theory import _sync, estimate_alpha, expected_speedup, expected_tokens_per_step, measure_cost_ratio, optimal_k
+from .theory import sync_device, estimate_alpha, expected_speedup, expected_tokens_per_step, measure_cost_ratio, optimal_k
 
 METHODS = ("target only (cached)", "speculative, uncached", "speculative, cached", "HF assisted generation")
 
@@ -121,10 +121,10 @@ def hf_assisted_generate(
 
 def _timed(run: Callable, prompts: Sequence[torch.Tensor], device: torch.device) -> tuple[float, list, list]:
     """One pass of `run` over all prompts: (seconds, outputs, stats), synchronized on CUDA."""
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     outputs, stats = zip(*(run(p) for p in prompts))
-    _sync(device)
+    sync_device(device)
     return time.perf_counter() - start, list(outputs), list(stats)
 
 
@@ -175,12 +175,13 @@ def benchmark(
         if stats[0] is not None:
             result.stats = stats
             result.target_calls = sum(s.target_calls for s in stats)
-            result.acceptance = sum(sum(s.accepted) for s in stats) / sum(sum(s.proposed) for s in stats)
+            proposed, accepted = pool_steps(stats)
+            result.acceptance = sum(accepted) / sum(proposed)
         elif name == METHODS[0]:
             result.target_calls = new_tokens
         methods[name] = result
     spec = methods[METHODS[2]]
-    alpha = estimate_alpha([n for st in spec.stats for n in st.proposed], [n for st in spec.stats for n in st.accepted])
+    alpha = estimate_alpha(*pool_steps(spec.stats))
     # c at the cache lengths of the real run: from the first prompt's start to its end.
     c = measure_cost_ratio(target, draft, spec.outputs[0], at_lengths=_spread(prompts[0].shape[1], spec.outputs[0].shape[1]))
     return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c)

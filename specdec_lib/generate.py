@@ -69,6 +69,12 @@ class SpecStats:
         return rates
 
 
+def pool_steps(stats: Iterable[SpecStats]) -> tuple[list[int], list[int]]:
+    """(proposed, accepted) per step, pooled over several runs."""
+    runs = list(stats)
+    return [p for s in runs for p in s.proposed], [a for s in runs for a in s.accepted]
+
+
 @dataclass
 class SpecOutput:
     """The prompt plus the generated tokens, shape (1, n+m), and the run's statistics."""

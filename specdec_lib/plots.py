@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .generate import SpecStats
+from .generate import SpecStats, pool_steps
 from .theory import estimate_alpha, expected_speedup, expected_tokens_per_step
 
 MEASURED, PREDICTED = "#0072B2", "#E69F00"  # Okabe-Ito blue and orange
@@ -59,7 +59,7 @@ def plot_speedup_heatmap(k: int, points: Mapping[str, tuple[float, float]] | Non
 def _pooled(stats: SpecStats | Sequence[SpecStats]) -> tuple[int, list[int], list[int]]:
     """(k, proposed, accepted) pooled over one or several runs."""
     runs = [stats] if isinstance(stats, SpecStats) else list(stats)
-    return runs[0].k, [p for s in runs for p in s.proposed], [a for s in runs for a in s.accepted]
+    return (runs[0].k, *pool_steps(runs))
 
 
 def plot_acceptance_per_position(stats: SpecStats | Sequence[SpecStats], title: str = "") -> Figure:

@@ -40,7 +40,7 @@ def estimate_alpha(proposed: Sequence[int], accepted: Sequence[int]) -> float:
     return successes / trials if trials else float("nan")
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     """Wait for queued GPU work so wall-clock timings are honest."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -54,10 +54,10 @@ def _decode_timer(model: PreTrainedModel, prefix: torch.Tensor) -> Callable[[], 
     step = torch.cat([prefix, prefix[:, -1:]], dim=1)
 
     def timed_call() -> float:
-        _sync(model.device)
+        sync_device(model.device)
         start = time.perf_counter()
         runner.logits(step)
-        _sync(model.device)
+        sync_device(model.device)
         runner.rollback(prefix.shape[1])  # same cache length every call
         return time.perf_counter() - start
 
