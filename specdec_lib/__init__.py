@@ -5,7 +5,9 @@ One module per chapter concept:
 - generate: speculative_generate, autoregressive_generate (chapter 02)
 - sampling: logits_to_probs, rejection_verify (chapter 03)
 - kv_cache: ModelRunner, crop_cache (chapter 04)
-- theory, bench: the speedup formula and the benchmark (chapter 04)
+- theory, bench: the speedup formula and the benchmark (chapters 04-05)
+- cpu_linear: verification over K+1 positions at the cost of about one call on CPUs (chapter 05)
+- prompts, distill_data, draft_model, train_draft: training a draft by self-distillation (chapter 06)
 - models: load_pair and the model presets; testing: tiny random pairs
 """
 

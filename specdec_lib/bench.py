@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 from .generate import SpecStats, autoregressive_generate, pool_steps, speculative_generate
 from .models import load_pair, pick_device
 from .plots import plot_k_sweep
+from .prompts import DEFAULT_PROMPTS
 from .testing import tiny_pair
 from .theory import sync_device, estimate_alpha, expected_speedup, expected_tokens_per_step, measure_cost_ratio, optimal_k
 
@@ -206,15 +207,6 @@ def tiny_gpt2_pair(noise: float = 0.02) -> tuple[PreTrainedModel, PreTrainedMode
 
 
 # The built-in varied prompt set: prose, lists, code, Q&A, instructions.
-DEFAULT_PROMPTS = (
-    "Once upon a time, there was a little",
-    "Here is a list of fruits: apples, bananas,",
-    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
-    "Question: What is the boiling point of water?\nAnswer:",
-    "1. Preheat the oven to 180 degrees.\n2.",
-)
-
-
 def load_prompts(path: str | None) -> list[str]:
     """Prompts from a file (a JSON list of strings, or one prompt per line) or the built-in varied set."""
     if path is None:
@@ -311,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m specdec_lib.bench", description=main.__doc__)
     parser.add_argument("--preset", choices=["smollm2", "gpt2", "tiny-gpt2"], default="smollm2")
     parser.add_argument("--target", help="hub name or path of a target model (with --draft)")
-    parser.add_argument("--draft", help="draft model; with --preset smollm2, a stand-in kind such as int8")
+    parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default) or a stand-in such as int8")
     parser.add_argument("--k", type=_parse_ks, default=[1, 2, 4, 6, 8], help="comma-separated, e.g. 1,2,4,8")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-new-tokens", type=int, default=64)

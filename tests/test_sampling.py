@@ -13,6 +13,7 @@ from specdec_lib.stats import chi2_pvalue
 from specdec_lib.testing import (
     buggy_argmax_verify,
     buggy_resample_from_p,
+    exact_two_token_distribution,
     run_toy_verifier,
     tiny_pair,
     toy_distributions,
@@ -93,16 +94,6 @@ class TestLogitsToProbs:
 
     def test_shape_preserved(self):
         assert logits_to_probs(torch.randn(3, 4, 7), 0.7, top_k=3, top_p=0.9).shape == (3, 4, 7)
-
-
-def exact_two_token_distribution(target, prompt, **filters) -> torch.Tensor:
-    """The target's exact joint distribution of its first two sampled tokens, shape (V*V,)."""
-    with torch.no_grad():
-        p1 = logits_to_probs(target(prompt).logits[0, -1], **filters)
-        vocab = p1.shape[0]
-        seqs = torch.cat([prompt.repeat(vocab, 1), torch.arange(vocab).view(-1, 1)], 1)
-        p2 = logits_to_probs(target(seqs).logits[:, -1], **filters)
-    return (p1[:, None] * p2).reshape(-1)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,200 @@
+"""Prompt sets: the benchmark's default prompts, a held-out evaluation set, and a generator of training prompts."""
+
+from __future__ import annotations
+
+import ast
+import random
+import sys
+import sysconfig
+from pathlib import Path
+
+# The benchmark's built-in set: prose, a list, code, Q&A, instructions.
+DEFAULT_PROMPTS = (
+    "Once upon a time, there was a little",
+    "Here is a list of fruits: apples, bananas,",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+    "Question: What is the boiling point of water?\nAnswer:",
+    "1. Preheat the oven to 180 degrees.\n2.",
+)
+
+# Held out from draft training: the tutorial's prompts plus 30 more, in styles the training set
+# also covers but never with these words. Drafts are scored on these (64 greedy tokens each).
+HELDOUT_PROMPTS = DEFAULT_PROMPTS + (
+    "Speculative decoding is a technique that",
+    "The quick brown fox",
+    "The capital of France is",
+    "In the beginning of the twentieth century, the city of Vienna",
+    "My favourite hobby is knitting because",
+    "Scientists have recently discovered that octopuses",
+    "The three primary colours are",
+    "Dear Sir or Madam,\n\nI am writing to complain about",
+    "Recipe for pancakes\n\nIngredients:\n-",
+    "Top 5 tips for better sleep:\n1.",
+    "Monday: gym\nTuesday: piano lesson\nWednesday:",
+    "import torch\nimport torch.nn as nn\n\nclass MLP(nn.Module):\n",
+    "def is_prime(n: int) -> bool:\n",
+    "for i in range(10):\n",
+    "SELECT name, age FROM users WHERE",
+    "<html>\n<head>\n<title>",
+    "Q: How many legs does a spider have?\nA:",
+    "Question: Who wrote Romeo and Juliet?\nAnswer:",
+    "Why is the sky blue? The sky appears blue because",
+    "Explain gravity in one paragraph.",
+    "Translate to French: Good morning, how are you?\n",
+    "Write a haiku about autumn leaves.\n",
+    "The meeting has been moved to Thursday at 3 pm. Please",
+    "Chapter 1\n\nThe rain had not stopped for three days when",
+    "The mitochondria is",
+    "Here is a summary of the book 'Moby Dick':",
+    "Pros of working from home:\n-",
+    "2 + 2 = 4\n3 + 5 = 8\n7 + 6 =",
+    "The best way to learn a new language is",
+    "Breaking news: the local football team",
+)
+
+TOPICS = (
+    "the ocean", "photosynthesis", "a small bakery", "the French Revolution", "black holes", "machine learning",
+    "a lost dog", "the stock market", "volcanoes", "friendship", "climate change", "the Roman Empire", "a robot",
+    "coffee", "the moon landing", "gardening", "chess", "the human heart", "electric cars", "a haunted house",
+    "jazz music", "the internet", "honeybees", "a mountain village", "recycling", "the solar system",
+    "ancient Egypt", "a detective", "rainforests", "vaccines", "a spaceship", "football", "the printing press",
+    "a dragon", "green tea", "the brain", "earthquakes", "a lighthouse keeper", "Python programming", "databases",
+    "sorting algorithms", "a birthday party", "the desert", "penguins", "solar power", "a train journey",
+    "medieval castles", "the piano", "exercise", "bread baking", "a time traveller", "the Arctic",
+    "democracy", "bicycles", "the weather", "prime numbers", "a pirate ship", "photography", "the library",
+    "the immune system", "a startup company", "the Great Wall of China", "dinosaurs", "a job interview",
+    "renting an apartment", "the water cycle", "a wedding", "social media", "electricity", "the Olympic Games",
+    "a farmer", "cats", "the human skeleton", "video games", "a volcano eruption", "the economy", "a hospital",
+    "the Renaissance", "mushrooms", "a snowstorm", "the theory of evolution", "airplanes", "public speaking",
+    "a school teacher", "the periodic table", "a marathon", "cloud computing", "the Amazon river", "a museum",
+    "budgeting", "DNA", "a thunderstorm", "origami", "the violin", "an old map", "hiking", "the Internet of Things",
+)
+
+TEMPLATES = (
+    "Write a short story about {t}.",
+    "The history of {t} begins",
+    "Here are five facts about {t}:\n1.",
+    "Q: What is {t}?\nA:",
+    "Question: Why is {t} important?\nAnswer:",
+    "In this article, we will explore {t}.",
+    "Dear friend,\n\nI wanted to tell you about {t}.",
+    "Title: {T}\n\nAbstract:",
+    "# Notes on {t}\n\n##",
+    "Pros and cons of {t}:\n-",
+    "Explain {t} to a five-year-old.",
+    "The main difference between {t} and {u} is",
+    "A poem about {t}:\n\n",
+    "Describe {t} in three sentences.",
+    "Interview question: tell me about {t}.\n\nAnswer:",
+    "Did you know that {t}",
+    "{T} can be described as",
+    "List three ways {t} and {u} are similar.",
+    "Yesterday I read a fascinating book about {t}. It",
+    "Summarize what you know about {t}.",
+)
+
+CODE_PROMPTS = (
+    'def {f}({a}):\n    """{d}"""\n',
+    "# {d}\ndef {f}({a}):\n",
+    "```python\n# {d}\n",
+    "class {C}:\n    \"\"\"{d}\"\"\"\n\n    def __init__(self",
+    "// {d}\nfunction {f}({a}) {{\n",
+    "-- {d}\nSELECT",
+)
+
+FUNCTIONS = (
+    ("reverse_string", "s", "Reverse a string."),
+    ("count_words", "text", "Count the words in a text."),
+    ("mean", "values", "Return the arithmetic mean of a list of numbers."),
+    ("is_palindrome", "word", "Check whether a word reads the same backwards."),
+    ("factorial", "n", "Compute n factorial recursively."),
+    ("merge_sorted", "a, b", "Merge two sorted lists into one sorted list."),
+    ("read_csv", "path", "Read a CSV file and return its rows."),
+    ("celsius_to_fahrenheit", "c", "Convert a temperature from Celsius to Fahrenheit."),
+    ("flatten", "nested", "Flatten a nested list."),
+    ("binary_search", "items, target", "Find target in a sorted list."),
+    ("gcd", "a, b", "Greatest common divisor of two integers."),
+    ("unique", "items", "Return the unique items, keeping their order."),
+    ("word_frequencies", "text", "Count how often each word appears."),
+    ("matrix_multiply", "a, b", "Multiply two matrices given as lists of lists."),
+    ("parse_date", "text", "Parse a date written as YYYY-MM-DD."),
+    ("send_email", "to, subject, body", "Send an email message."),
+    ("fetch_json", "url", "Download a URL and decode its JSON body."),
+    ("bubble_sort", "arr", "Sort a list with bubble sort."),
+    ("capitalize_words", "sentence", "Capitalize every word of a sentence."),
+    ("sum_digits", "n", "Sum the digits of an integer."),
+)
+
+ACTIVITIES = (
+    "make a cup of tea", "change a flat tyre", "plant tomatoes", "write a cover letter", "set up a Python project",
+    "train for a 5k run", "clean a laptop keyboard", "bake chocolate cookies", "learn to juggle", "paint a room",
+)
+
+CHAT_TEMPLATE_SHARE = 0.25
+
+
+def _template_prompts(rng: random.Random) -> list[str]:
+    """Prose, Q&A, list and instruction prompts from templates over many topics."""
+    prompts = []
+    for t in TOPICS:
+        for template in rng.sample(TEMPLATES, 8):
+            u = rng.choice(TOPICS)
+            prompts.append(template.format(t=t, T=t[0].upper() + t[1:], u=u))
+    for a in ACTIVITIES:
+        prompts += [f"How to {a}:\n1.", f"Step-by-step guide: how to {a}.\n\nStep 1:"]
+    for f, args, doc in FUNCTIONS:
+        for template in CODE_PROMPTS:
+            name = "".join(w.capitalize() for w in f.split("_"))
+            prompts.append(template.format(f=f, a=args, d=doc, C=name))
+    return prompts
+
+
+def _python_sources(limit: int) -> list[Path]:
+    """Up to `limit` Python files of the standard library, in a fixed order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "site-packages", "idlelib", "lib2to3"}
+    files = sorted(p for p in root.rglob("*.py") if p.stat().st_size > 2000 and not skip & set(p.parts))
+    return files[:limit]
+
+
+def _source_snippets(rng: random.Random, n: int) -> list[str]:
+    """Code and docstring openings cut from the standard library's sources."""
+    snippets = []
+    files = _python_sources(10_000)
+    for path in rng.sample(files, min(len(files), n)):
+        text = path.read_text(errors="ignore")
+        lines = text.splitlines()
+        start = rng.randrange(max(1, len(lines) - 10))
+        snippets.append("\n".join(lines[start : start + rng.randint(2, 8)]) + "\n")
+        try:
+            docs = [ast.get_docstring(node) for node in ast.walk(ast.parse(text))
+                    if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module))]
+        except SyntaxError:
+            continue
+        docs = [d for d in docs if d and len(d) > 80]
+        if docs:
+            doc = rng.choice(docs)
+            snippets.append(doc[: rng.randint(40, 160)].rsplit(" ", 1)[0])
+    return snippets
+
+
+def training_prompts(n_source_files: int = 10_000, seed: int = 0) -> list[str]:
+    """A large varied prompt set for self-distillation; never contains a held-out prompt."""
+    rng = random.Random(seed)
+    prompts = _template_prompts(rng) + _source_snippets(rng, n_source_files)
+    held_out = set(HELDOUT_PROMPTS)
+    prompts = [p for p in prompts if p.strip() and p not in held_out]
+    rng.shuffle(prompts)
+    return prompts
+
+
+def as_chat(tokenizer, prompt: str) -> str:
+    """The prompt wrapped in the tokenizer's chat template as a user turn, ready for the assistant's reply."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
+if __name__ == "__main__":  # pragma: no cover - a quick look at the prompt set
+    ps = training_prompts()
+    print(len(ps), "training prompts;", len(HELDOUT_PROMPTS), "held out", file=sys.stderr)
+    for p in ps[:10]:
+        print(repr(p))

@@ -1,0 +1,278 @@
+"""Chapter 06: train a small draft for the embedded target by self-distillation.
+
+    python -m specdec_lib.train_draft data  --out corpus.pt          # the target's generations (~25 CPU-min)
+    python -m specdec_lib.train_draft train --data corpus.pt --out my_draft
+    python -m specdec_lib.train_draft eval  --drafts trained,int8   # held-out agreement and c
+
+The exact commands behind the shipped draft are in specdec_lib/assets/smollm2_draft/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm, trange
+from transformers import PreTrainedModel
+
+from .distill_data import Sample, generate_corpus, load_corpus, save_corpus
+from .draft_model import RestrictedVocabLlama, draft_from_target, save_draft
+from .generate import autoregressive_generate
+from .models import load_smollm2, smollm2_draft
+from .prompts import HELDOUT_PROMPTS, training_prompts
+from .theory import expected_speedup, measure_cost_ratio, optimal_k
+
+
+def choose_vocab(samples: list[Sample], size: int) -> torch.Tensor:
+    """The `size` ids that occur or are the target's first choice most often in the corpus, sorted."""
+    counts = Counter()
+    for s in samples:
+        counts.update(s.tokens.tolist())
+        counts.update(s.topk_ids[:, 0].tolist())
+    return torch.tensor(sorted(i for i, _ in counts.most_common(size)))
+
+
+def vocab_coverage(samples: list[Sample], vocab_ids: torch.Tensor) -> float:
+    """Share of the target's top-1 predictions in the corpus that the restricted vocabulary contains."""
+    top1 = torch.cat([s.topk_ids[:, 0] for s in samples])
+    return torch.isin(top1, vocab_ids).float().mean().item()
+
+
+@dataclass
+class Batch:
+    """Right-padded token ids and, at every position, the target's top-k next-token targets in draft ids."""
+
+    tokens: torch.Tensor  # (B, L)
+    target_ids: torch.Tensor  # (B, L, k) draft-vocabulary ids, 0 where unused
+    target_probs: torch.Tensor  # (B, L, k) target probabilities (0 where unused or outside the draft's vocabulary)
+
+
+def make_batch(samples: list[Sample], to_draft: torch.Tensor) -> Batch:
+    """Pad samples into one batch; position t learns the target's distribution for token t + 1."""
+    length = max(len(s.tokens) for s in samples)
+    k = samples[0].topk_ids.shape[1]
+    tokens = torch.zeros(len(samples), length, dtype=torch.long)
+    ids = torch.zeros(len(samples), length, k, dtype=torch.long)
+    probs = torch.zeros(len(samples), length, k)
+    for row, s in enumerate(samples):
+        tokens[row, : len(s.tokens)] = s.tokens
+        first, n = s.n_prompt - 1, len(s.topk_ids)
+        mapped = to_draft[s.topk_ids]
+        ids[row, first : first + n] = mapped.clamp(min=0)
+        # Softmax over the top-k: the mass beyond it is small and unknown; ids outside the draft's
+        # vocabulary keep weight 0, so the draft learns the target's distribution restricted to its ids.
+        probs[row, first : first + n] = torch.softmax(s.topk_values.float(), -1) * (mapped >= 0)
+    return Batch(tokens, ids, probs)
+
+
+def distill_loss(draft: RestrictedVocabLlama, batch: Batch) -> torch.Tensor:
+    """Cross-entropy of the draft against the target's top-k distribution, per supervised position."""
+    hidden = draft.model(input_ids=batch.tokens).last_hidden_state
+    logq = torch.log_softmax(draft.sub_logits(hidden).float(), -1)
+    picked = logq.gather(-1, batch.target_ids)
+    positions = (batch.target_probs.sum(-1) > 0).sum().clamp(min=1)
+    return -(picked * batch.target_probs).sum() / positions
+
+
+@dataclass
+class HeldOut:
+    """The target's greedy continuations of held-out prompts: what a draft must predict at temperature 0."""
+
+    sequences: list[torch.Tensor]  # (L,) each: prompt + continuation
+    n_prompt: list[int]
+
+
+@torch.inference_mode()
+def held_out_set(
+    target: PreTrainedModel, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64, progress: bool = True
+) -> HeldOut:
+    """Greedy continuations of each prompt, one at a time, exactly as the speculative loop would see them."""
+    sequences, n_prompt = [], []
+    for prompt in tqdm(prompts, desc="held-out continuations", leave=False, disable=not progress):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(target.device)
+        sequences.append(autoregressive_generate(target, ids, max_new_tokens=max_new_tokens)[0].cpu())
+        n_prompt.append(ids.shape[1])
+    return HeldOut(sequences, n_prompt)
+
+
+@torch.inference_mode()
+def greedy_agreement(draft: PreTrainedModel, held_out: HeldOut) -> float:
+    """alpha at temperature 0: how often the draft's argmax is the target's greedy token, teacher-forced."""
+    hits = total = 0
+    for seq, n in zip(held_out.sequences, held_out.n_prompt):
+        logits = draft(input_ids=seq[None].to(draft.device)).logits[0, n - 1 : -1]
+        hits += int((logits.argmax(-1).cpu() == seq[n:]).sum())
+        total += len(seq) - n
+    return hits / total
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run."""
+
+    layers: tuple[int, ...] = (0, 1)
+    vocab_size: int = 8192
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 30
+    eval_every: int = 100
+    seed: int = 0
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def train(
+    target: PreTrainedModel,
+    samples: list[Sample],
+    held_out: HeldOut,
+    config: TrainConfig,
+    progress: bool = True,
+) -> tuple[RestrictedVocabLlama, list[dict]]:
+    """Distil a draft from the target on the samples; return it and the held-out agreement log."""
+    torch.manual_seed(config.seed)
+    vocab_ids = choose_vocab(samples, config.vocab_size)
+    to_draft = torch.full((target.config.vocab_size,), -1, dtype=torch.long)
+    to_draft[vocab_ids] = torch.arange(len(vocab_ids))
+    draft = draft_from_target(target, list(config.layers), vocab_ids).train()
+    draft.model.embed_tokens.weight.requires_grad_(False)  # shared with the target, not shipped
+    params = [p for p in draft.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    order = torch.Generator().manual_seed(config.seed)
+    log = [{"step": 0, "agreement": greedy_agreement(draft.eval(), held_out)}]
+    bar = trange(config.steps, desc="distilling", disable=not progress)
+    for step in bar:
+        draft.train()
+        pick = torch.randint(len(samples), (config.batch_size,), generator=order).tolist()
+        loss = distill_loss(draft, make_batch([samples[i] for i in pick], to_draft))
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", agreement=f"{log[-1]['agreement']:.3f}")
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+            log.append({"step": step + 1, "loss": loss.item(), "agreement": greedy_agreement(draft.eval(), held_out)})
+            if progress:
+                tqdm.write(f"step {step + 1}: loss {loss.item():.3f}, held-out greedy agreement {log[-1]['agreement']:.3f}")
+    return draft.eval(), log
+
+
+def _data(args: argparse.Namespace) -> None:
+    """Generate the self-distillation corpus and save it."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
+    prompts = training_prompts(seed=args.seed)[args.start :][: args.max_prompts]
+    samples = generate_corpus(
+        target, tokenizer, prompts, minutes=args.minutes, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, seed=args.seed,
+    )
+    save_corpus(samples, args.out)
+    n = sum(len(s.topk_ids) for s in samples)
+    print(f"{len(samples)} sequences, {n} target tokens with top-k logits -> {args.out}", file=sys.stderr)
+
+
+def _train(args: argparse.Namespace) -> None:
+    """Distil a draft from the saved corpus and write it, with its training log, to --out."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
+    paths = args.data.split(",")
+    samples = [s for path in paths for s in load_corpus(path)]
+    held_path = Path(paths[0]).with_suffix(".heldout.pt")
+    if held_path.exists():
+        held_out = HeldOut(**torch.load(held_path))
+    else:
+        held_out = held_out_set(target, tokenizer, HELDOUT_PROMPTS)
+        torch.save(held_out.__dict__, held_path)
+    config = TrainConfig(
+        layers=tuple(int(i) for i in args.layers.split(",")), vocab_size=args.vocab_size, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
+    )
+    start = time.perf_counter()
+    draft, log = train(target, samples, held_out, config)
+    minutes = (time.perf_counter() - start) / 60
+    save_draft(draft, args.out)
+    record = {
+        "command": "python -m specdec_lib.train_draft " + " ".join(sys.argv[1:]),
+        "config": asdict(config),
+        "corpus": {"sequences": len(samples), "target_tokens": sum(len(s.topk_ids) for s in samples)},
+        "vocab_coverage": vocab_coverage(samples, draft.vocab_ids.cpu()),
+        "train_minutes": round(minutes, 1),
+        "log": log,
+    }
+    (Path(args.out) / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"held-out greedy agreement {log[-1]['agreement']:.3f} after {minutes:.0f} min -> {args.out}", file=sys.stderr)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    """Print held-out greedy agreement, c and the predicted best K for each named draft of the SmolLM2 target."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
+    held_out = held_out_set(target, tokenizer, HELDOUT_PROMPTS, max_new_tokens=args.max_new_tokens)
+    seq, n = held_out.sequences[0][None], held_out.n_prompt[0]
+    print(f"{len(HELDOUT_PROMPTS)} held-out prompts x {args.max_new_tokens} greedy tokens of the target")
+    print(f"{'draft':<10}{'agreement':>10}{'c':>7}{'best K':>8}{'predicted':>11}  about")
+    for kind in args.drafts.split(","):
+        draft, about = smollm2_draft(target, kind)
+        alpha = greedy_agreement(draft, held_out)
+        c = measure_cost_ratio(target, draft, seq, at_lengths=[n, seq.shape[1] - 1])
+        k = optimal_k(alpha, c)
+        print(f"{kind:<10}{alpha:>10.3f}{c:>7.3f}{k:>8}{expected_speedup(alpha, k, c):>10.2f}x  {about}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m specdec_lib.train_draft", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="generate the target's continuations and top-k logits")
+    data.add_argument("--minutes", type=float, default=60.0, help="stop after this long (default 60)")
+    data.add_argument("--batch-size", type=int, default=32)
+    data.add_argument("--max-new-tokens", type=int, default=96)
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--start", type=int, default=0, help="skip the first START prompts (to extend a corpus)")
+    data.add_argument("--max-prompts", type=int, default=None, help="use at most this many prompts")
+    data.add_argument("--threads", type=int, default=0)
+    data.add_argument("--out", required=True)
+    data.set_defaults(run=_data)
+    fit = sub.add_parser("train", help="distil a draft from a corpus made by `data`")
+    fit.add_argument("--data", required=True, help="corpus file(s) from `data`, comma-separated")
+    fit.add_argument("--layers", default="0,1", help="target layers the draft starts from (default: 0,1)")
+    fit.add_argument("--vocab-size", type=int, default=8192)
+    fit.add_argument("--steps", type=int, default=1000)
+    fit.add_argument("--batch-size", type=int, default=16)
+    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--eval-every", type=int, default=100)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--threads", type=int, default=0)
+    fit.add_argument("--out", required=True)
+    fit.set_defaults(run=_train)
+    score = sub.add_parser("eval", help="score drafts of the SmolLM2 target on the held-out prompts")
+    score.add_argument("--drafts", default="trained,int8,layers8,bf16", help="comma-separated draft names")
+    score.add_argument("--max-new-tokens", type=int, default=64)
+    score.add_argument("--threads", type=int, default=0)
+    score.set_defaults(run=_eval)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
