@@ -23,7 +23,7 @@ TALL = 8192  # one row times a weight with at least this many rows: pad to two r
 def _small_batch_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """nn.Linear.forward, with 2..MAX_ROWS rows (or one row and a tall weight) as one W @ X^T product on a CPU."""
     rows = x.numel() // x.shape[-1]
-    if x.device.type != "cpu" or rows > MAX_ROWS or (rows == 1 and self.out_features < TALL):
+    if x.device.type != "cpu" or not 1 <= rows <= MAX_ROWS or (rows == 1 and self.out_features < TALL):
         return nn.Linear.forward(self, x)
     flat = x.reshape(rows, -1)
     if rows == 1:

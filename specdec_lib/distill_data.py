@@ -47,8 +47,11 @@ def _generate_batch(
     max_prompt_tokens: int,
 ) -> list[Sample]:
     """Generate continuations for one batch with the KV cache; keep each new token's top-k target logits."""
-    tokenizer.padding_side = "left"  # so every row's continuation starts at the same column
-    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # every row's continuation starts at one column
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens)
+    finally:
+        tokenizer.padding_side = side
     enc = enc.to(target.device)
     # Pure temperature sampling, no top-k/top-p: the data should cover the target's whole distribution.
     sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}

@@ -10,7 +10,7 @@ from specdec_lib.cpu_linear import MAX_ROWS, TALL, use_small_batch_linear
 from specdec_lib.testing import tiny_model
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 32), (1, 3, 32), (2, 4, 32), (MAX_ROWS, 32), (1, MAX_ROWS + 1, 32)])
+@pytest.mark.parametrize("shape", [(1, 0, 32), (1, 1, 32), (1, 3, 32), (2, 4, 32), (MAX_ROWS, 32), (1, MAX_ROWS + 1, 32)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("out_features", [48, TALL])
 def test_same_result_as_stock_linear(shape, bias, out_features):
