@@ -11,7 +11,8 @@ from typing import Sequence
 
 import torch
 
-from .bench import DEFAULT_PROMPTS, BenchResult, benchmark, tiny_gpt2_pair
+from .bench import BenchResult, benchmark, tiny_gpt2_pair
+from .prompts import DEFAULT_PROMPTS
 from .models import load_pair
 
 

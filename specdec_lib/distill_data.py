@@ -60,8 +60,9 @@ def _generate_batch(
         pad_token_id=tokenizer.pad_token_id, **sampling,
     )
     width = enc.input_ids.shape[1]
-    logits = torch.stack(out.logits, 1).float()  # (B, N, V): raw logits, before any sampling warper
-    values, ids = logits.topk(top_k, dim=-1)
+    # Raw logits, before any sampling warper; top-k per step, so (B, N, V) never exists at once.
+    tops = [step.float().topk(top_k, dim=-1) for step in out.logits]
+    values, ids = torch.stack([t.values for t in tops], 1), torch.stack([t.indices for t in tops], 1)
     samples = []
     for row in range(len(texts)):
         prompt = enc.input_ids[row][enc.attention_mask[row].bool()]

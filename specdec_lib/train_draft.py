@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 from .distill_data import Sample, generate_corpus, load_corpus, save_corpus
 from .draft_model import RestrictedVocabLlama, draft_from_target, save_draft
 from .generate import autoregressive_generate
+from .cpu_linear import use_small_batch_linear
 from .models import load_smollm2, smollm2_draft
 from .prompts import HELDOUT_PROMPTS, training_prompts
 from .theory import expected_speedup, measure_cost_ratio, optimal_k
@@ -175,8 +176,6 @@ def train(
 
 def _data(args: argparse.Namespace) -> None:
     """Generate the self-distillation corpus and save it."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
     prompts = training_prompts(seed=args.seed)[args.start :][: args.max_prompts]
     samples = generate_corpus(
@@ -190,8 +189,6 @@ def _data(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     """Distil a draft from the saved corpus and write it, with its training log, to --out."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
     paths = args.data.split(",")
     samples = [s for path in paths for s in load_corpus(path)]
@@ -223,15 +220,15 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     """Print held-out greedy agreement, c and the predicted best K for each named draft of the SmolLM2 target."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
+    use_small_batch_linear(target)  # time both models as load_pair runs them
     held_out = held_out_set(target, tokenizer, HELDOUT_PROMPTS, max_new_tokens=args.max_new_tokens)
     seq, n = held_out.sequences[0][None], held_out.n_prompt[0]
     print(f"{len(HELDOUT_PROMPTS)} held-out prompts x {args.max_new_tokens} greedy tokens of the target")
     print(f"{'draft':<10}{'agreement':>10}{'c':>7}{'best K':>8}{'predicted':>11}  about")
     for kind in args.drafts.split(","):
         draft, about = smollm2_draft(target, kind)
+        use_small_batch_linear(draft)
         alpha = greedy_agreement(draft, held_out)
         c = measure_cost_ratio(target, draft, seq, at_lengths=[n, seq.shape[1] - 1])
         k = optimal_k(alpha, c)
@@ -242,18 +239,19 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m specdec_lib.train_draft", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     sub = parser.add_subparsers(dest="command", required=True)
-    data = sub.add_parser("data", help="generate the target's continuations and top-k logits")
+    data = sub.add_parser("data", parents=[common], help="generate the target's continuations and top-k logits")
     data.add_argument("--minutes", type=float, default=60.0, help="stop after this long (default 60)")
     data.add_argument("--batch-size", type=int, default=32)
     data.add_argument("--max-new-tokens", type=int, default=96)
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--start", type=int, default=0, help="skip the first START prompts (to extend a corpus)")
     data.add_argument("--max-prompts", type=int, default=None, help="use at most this many prompts")
-    data.add_argument("--threads", type=int, default=0)
     data.add_argument("--out", required=True)
     data.set_defaults(run=_data)
-    fit = sub.add_parser("train", help="distil a draft from a corpus made by `data`")
+    fit = sub.add_parser("train", parents=[common], help="distil a draft from a corpus made by `data`")
     fit.add_argument("--data", required=True, help="corpus file(s) from `data`, comma-separated")
     fit.add_argument("--layers", default="0,1", help="target layers the draft starts from (default: 0,1)")
     fit.add_argument("--vocab-size", type=int, default=8192)
@@ -262,15 +260,15 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--lr", type=float, default=1e-3)
     fit.add_argument("--eval-every", type=int, default=100)
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--threads", type=int, default=0)
     fit.add_argument("--out", required=True)
     fit.set_defaults(run=_train)
-    score = sub.add_parser("eval", help="score drafts of the SmolLM2 target on the held-out prompts")
+    score = sub.add_parser("eval", parents=[common], help="score drafts of the SmolLM2 target on the held-out prompts")
     score.add_argument("--drafts", default="trained,int8,layers8,bf16", help="comma-separated draft names")
     score.add_argument("--max-new-tokens", type=int, default=64)
-    score.add_argument("--threads", type=int, default=0)
     score.set_defaults(run=_eval)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.run(args)
 
 
