@@ -22,6 +22,7 @@ from .generate import SpecStats, autoregressive_generate, pool_steps, speculativ
 from .models import load_pair, pick_device
 from .plots import plot_k_sweep
 from .prompts import DEFAULT_PROMPTS
+from .seed_pair import SEED_PAIR_NAME, imposed_acceptance, read_alpha, seed_sized_pair
 from .testing import tiny_pair
 from .theory import sync_device, estimate_alpha, expected_speedup, expected_tokens_per_step, measure_cost_ratio, optimal_k
 
@@ -120,11 +121,11 @@ def hf_assisted_generate(
         hf_logging.set_verbosity(verbosity)
 
 
-def _timed(run: Callable, prompts: Sequence[torch.Tensor], device: torch.device) -> tuple[float, list, list]:
-    """One pass of `run` over all prompts: (seconds, outputs, stats), synchronized on CUDA."""
+def _timed(run: Callable[[int], tuple], n_prompts: int, device: torch.device) -> tuple[float, list, list]:
+    """One pass of `run` over prompts 0..n_prompts-1: (seconds, outputs, stats), synchronized on CUDA."""
     sync_device(device)
     start = time.perf_counter()
-    outputs, stats = zip(*(run(p) for p in prompts))
+    outputs, stats = zip(*(run(i) for i in range(n_prompts)))
     sync_device(device)
     return time.perf_counter() - start, list(outputs), list(stats)
 
@@ -141,13 +142,18 @@ def benchmark(
     include_uncached: bool = True,
     temperature: float = 0.0,
     seed: int = 0,
+    impose_alpha: float | None = None,
     progress: bool = True,
 ) -> BenchResult:
     """Time the decoding methods on the same pair, prompts and k, in this one process.
 
     Greedy by default; with temperature > 0 every run samples from a generator seeded with `seed`
-    (HF assisted generation is then left out: its sampling draws differ from ours).
+    (HF assisted generation is then left out: its sampling draws differ from ours). With
+    `impose_alpha` the speculative loops accept each draft token with that probability instead of
+    checking it (see seed_pair): for timing random-weight pairs, greedy only, HF left out.
     """
+    if impose_alpha is not None and temperature > 0:
+        raise ValueError("an imposed acceptance rate replaces the greedy check; it needs temperature 0")
     device = target.device
     prompts = [p.to(device).view(1, -1) for p in prompts]
     sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature)
@@ -155,19 +161,30 @@ def benchmark(
     def seeded() -> dict:
         return dict(sampling, generator=torch.Generator(device=device).manual_seed(seed))
 
-    runs: dict[str, Callable] = {METHODS[0]: lambda p: (autoregressive_generate(target, p, **seeded()), None)}
+    def spec_args(i: int) -> dict:
+        if impose_alpha is None:
+            return seeded()
+        # Seeded per prompt: each prompt gets its own accept/reject pattern, the same in every
+        # repeat and method, so that repeats do the same work.
+        rule = imposed_acceptance(impose_alpha, torch.Generator(device=device).manual_seed(seed + i))
+        return dict(seeded(), verifier=rule)
+
+    # Each run decodes prompt i and returns (sequences, stats or None).
+    runs: dict[str, Callable[[int], tuple]] = {
+        METHODS[0]: lambda i: (autoregressive_generate(target, prompts[i], **seeded()), None)}
     for name, use_cache in ((METHODS[1], False), (METHODS[2], True)):
         if use_cache or include_uncached:
-            runs[name] = lambda p, use_cache=use_cache: _spec(target, draft, p, k, use_cache, **seeded())
-    if include_hf and temperature == 0:
-        runs[METHODS[3]] = lambda p: (hf_assisted_generate(target, draft, p, max_new_tokens=max_new_tokens, k=k), None)
+            runs[name] = lambda i, use_cache=use_cache: _spec(target, draft, prompts[i], k, use_cache, **spec_args(i))
+    if include_hf and temperature == 0 and impose_alpha is None:
+        runs[METHODS[3]] = lambda i: (
+            hf_assisted_generate(target, draft, prompts[i], max_new_tokens=max_new_tokens, k=k), None)
     for run in runs.values():  # warm-up: first calls allocate caches and pick kernels
-        run(prompts[0])
+        run(0)
     passes: dict[str, list] = {name: [] for name in runs}
     # Round-robin over methods in every repeat, so a slow spell of a noisy machine hits all of them.
     for _ in trange(repeats, desc="benchmark repeats", leave=False, disable=not progress):
         for name, run in runs.items():
-            passes[name].append(_timed(run, prompts, device))
+            passes[name].append(_timed(run, len(prompts), device))
     methods = {}
     for name, timed in passes.items():
         seconds, (_, outputs, stats) = [t[0] for t in timed], timed[-1]
@@ -230,13 +247,15 @@ def sweep_k(
     max_new_tokens: int = 64,
     repeats: int = 3,
     temperature: float = 0.0,
+    impose_alpha: float | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Benchmark the cached loop against the target alone for each k; one JSON-ready dict per k."""
     runs = []
     for k in tqdm(ks, desc="k sweep", disable=not progress):
         r = benchmark(target, draft, prompts, k=k, max_new_tokens=max_new_tokens, repeats=repeats,
-                      include_hf=False, include_uncached=False, temperature=temperature, progress=progress)
+                      include_hf=False, include_uncached=False, temperature=temperature,
+                      impose_alpha=impose_alpha, progress=progress)
         spec, base = r.methods[METHODS[2]], r.methods[METHODS[0]]
         runs.append({
             "k": k,
@@ -251,7 +270,8 @@ def sweep_k(
             "tokens_per_target_call": spec.new_tokens / spec.target_calls,
             "predicted_speedup": r.predicted_speedup,
             "predicted_tokens_per_target_call": expected_tokens_per_step(r.alpha, k),
-            "outputs_match_target": r.outputs_agree if temperature == 0 else None,
+            # Only a greedy, checked run must reproduce the target; an imposed alpha makes other tokens by design.
+            "outputs_match_target": r.outputs_agree if temperature == 0 and impose_alpha is None else None,
         })
     return runs
 
@@ -275,6 +295,21 @@ def format_sweep(runs: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
+def format_report(report: Mapping) -> str:
+    """A bench JSON report as text: the pair, where it ran, the K sweep and the pooled numbers."""
+    alpha, c = report["alpha"], report["c"]
+    best, predicted = report["best_k_measured"], report["best_k_predicted"]
+    speedup = next(r["speedup"] for r in report["runs"] if r["k"] == best)
+    return "\n".join([
+        report["pair"],
+        f"on {report['device_name']} ({report['device']}, {report['dtype']}), temperature {report['temperature']}, "
+        f"{report['max_new_tokens']} new tokens x {len(report['prompts'])} prompts, median of {report['repeats']} repeats",
+        format_sweep(report["runs"]),
+        f"pooled alpha {alpha:.3f}, c {c:.3f}; best k measured {best} ({speedup:.2f}x), "
+        f"predicted {predicted} ({expected_speedup(alpha, predicted, c):.2f}x)",
+    ])
+
+
 def _parse_ks(text: str) -> list[int]:
     """'1,2,4' -> [1, 2, 4], each >= 1."""
     try:
@@ -293,6 +328,8 @@ def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel, o
         target, draft = tiny_gpt2_pair()
         device = pick_device(args.device)
         return target.to(device, dtype), draft.to(device, dtype), None, "tiny random GPT-2-style pair (4x256) + noisy copy"
+    if args.preset == "seed-gpt2":
+        return *seed_sized_pair(pick_device(args.device), dtype), None, SEED_PAIR_NAME
     pair = load_pair(None if args.target else args.preset, target=args.target, draft=args.draft,
                      device=args.device, dtype=dtype)
     return pair.target, pair.draft, pair.tokenizer, pair.name
@@ -301,7 +338,8 @@ def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel, o
 def main(argv: Sequence[str] | None = None) -> dict:
     """Sweep k for a model pair; print a table, and optionally write JSON and a plot."""
     parser = argparse.ArgumentParser(prog="python -m specdec_lib.bench", description=main.__doc__)
-    parser.add_argument("--preset", choices=["smollm2", "gpt2", "tiny-gpt2"], default="smollm2")
+    parser.add_argument("--preset", choices=["smollm2", "gpt2", "tiny-gpt2", "seed-gpt2"], default="smollm2",
+                        help="seed-gpt2: gpt2-medium / gpt2 sizes with random weights, for timing with --alpha")
     parser.add_argument("--target", help="hub name or path of a target model (with --draft)")
     parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default) or a stand-in such as int8")
     parser.add_argument("--k", type=_parse_ks, default=[1, 2, 4, 6, 8], help="comma-separated, e.g. 1,2,4,8")
@@ -314,32 +352,47 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--out", help="write every run as JSON here")
     parser.add_argument("--plot", help="write the speedup plots (PNG) here")
+    parser.add_argument("--alpha", help="impose this acceptance rate instead of checking drafts (timing only): "
+                        "a number, or a bench JSON of a real pair whose pooled alpha to use; needed by seed-gpt2")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1 or args.repeats < 1:
         parser.error("--max-new-tokens and --repeats must be >= 1")
+    imposed, alpha_source = None, None
+    if args.alpha is not None:
+        try:
+            imposed, alpha_source = read_alpha(args.alpha)
+        except ValueError as err:
+            parser.error(str(err))
+        if args.temperature > 0:
+            parser.error("--alpha replaces the greedy check, so it needs --temperature 0")
+    elif args.preset == "seed-gpt2":
+        parser.error("--preset seed-gpt2 has random weights, so its draft never agrees: give --alpha, a number "
+                     "or a bench JSON of a real pair (e.g. docs/results/cpu_smollm2.json)")
     torch.manual_seed(0)
     target, draft, tokenizer, name = _load(args)
+    if imposed is not None:
+        name += f"\nacceptance IMPOSED at alpha {imposed:.3f} ({alpha_source}), not checked"
     texts = load_prompts(args.prompts)[: args.num_prompts]
-    if tokenizer is None:  # the tiny random pair has no tokenizer: random prompts of 8 tokens
+    if tokenizer is None:  # the random pairs have no tokenizer: random prompts of 8 tokens
         gen = torch.Generator().manual_seed(0)
         prompts = [torch.randint(0, target.config.vocab_size, (1, 8), generator=gen) for _ in texts]
+        texts = [f"<random prompt {i}: {p.tolist()[0]}>" for i, p in enumerate(prompts)]
     else:
         prompts = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
     print(f"{name}\ndevice {target.device}, {args.dtype}, temperature {args.temperature}, "
           f"{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
     runs = sweep_k(target, draft, prompts, args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                   temperature=args.temperature)
+                   temperature=args.temperature, impose_alpha=imposed)
     alpha, c = pooled_alpha_c(runs)
     best = max(runs, key=lambda r: r["speedup"])
     report = {
         "pair": name, "device": str(target.device), "device_name": _device_name(target.device),
         "dtype": args.dtype, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
-        "repeats": args.repeats, "prompts": texts, "alpha": alpha, "c": c,
+        "repeats": args.repeats, "prompts": texts, "alpha_imposed": imposed, "alpha_source": alpha_source,
+        "alpha": alpha, "c": c,
         "best_k_measured": best["k"], "best_k_predicted": optimal_k(alpha, c), "runs": runs,
     }
-    print(format_sweep(runs))
-    print(f"pooled alpha {alpha:.3f}, c {c:.3f}; best k measured {best['k']} ({best['speedup']:.2f}x), "
-          f"predicted {report['best_k_predicted']} ({expected_speedup(alpha, report['best_k_predicted'], c):.2f}x)")
+    print(format_report(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
         print("wrote", args.out)

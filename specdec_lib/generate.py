@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import torch
 from transformers import PreTrainedModel
@@ -13,6 +13,10 @@ from .greedy import greedy_verify_tensors
 from .kv_cache import ModelRunner, max_positions
 from .models import check_same_vocab
 from .sampling import check_sampling_args, logits_to_probs, rejection_verify_tensors, sample
+
+# A greedy-style verification rule: (draft_tokens (k,), target_logits (k+1, V)) -> (n_accepted, next_token),
+# both 0-d device tensors, like greedy_verify_tensors.
+VerifyRule = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -194,7 +198,7 @@ def _verify(
     seq: torch.Tensor,
     draft_tokens: torch.Tensor,
     draft_probs: torch.Tensor | None,
-    verifier: str,
+    verifier: str | VerifyRule,
     temperature: float,
     top_k: int | None,
     top_p: float | None,
@@ -203,6 +207,8 @@ def _verify(
     """One target call over seq + drafts: (n_accepted, next_token) as device scalars, and (p(x), q(x)) when sampling."""
     k = draft_tokens.shape[0]
     target_logits = runner.logits(torch.cat([seq, draft_tokens.view(1, -1)], dim=1), keep=k + 1)
+    if callable(verifier):
+        return (*verifier(draft_tokens, target_logits), None)
     if verifier == "greedy":
         return (*greedy_verify_tensors(draft_tokens, target_logits), None)
     target_probs = logits_to_probs(target_logits, temperature, top_k, top_p)
@@ -227,21 +233,24 @@ def speculative_generate(
     use_cache: bool = True,
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
-    verifier: Literal["auto", "greedy", "rejection"] = "auto",
+    verifier: Literal["auto", "greedy", "rejection"] | VerifyRule = "auto",
 ) -> SpecOutput:
     """Speculative decoding: the draft proposes k tokens, the target checks them all in one call.
 
     The output is exactly the target's greedy output at temperature 0, and distributed exactly as
     the target's samples otherwise. ``verifier="rejection"`` forces the sampling rule even at
-    temperature 0 (it then reduces to greedy); ``"greedy"`` requires temperature 0.
+    temperature 0 (it then reduces to greedy); ``"greedy"`` requires temperature 0. A function with
+    greedy_verify_tensors's signature replaces the greedy rule (chapter 05 times random-weight pairs
+    with one that imposes an acceptance rate); the output is then whatever that rule makes it.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (draft tokens per step) must be an integer >= 1, got {k!r}")
     check_sampling_args(temperature, top_k, top_p)
-    if verifier not in ("auto", "greedy", "rejection"):
-        raise ValueError(f"verifier must be 'auto', 'greedy' or 'rejection', got {verifier!r}")
-    if verifier == "greedy" and temperature > 0:
-        raise ValueError("verifier='greedy' needs temperature=0; sampling needs the rejection rule")
+    if not callable(verifier) and verifier not in ("auto", "greedy", "rejection"):
+        raise ValueError(f"verifier must be 'auto', 'greedy', 'rejection' or a function, got {verifier!r}")
+    if (verifier == "greedy" or callable(verifier)) and temperature > 0:
+        rule = "a verifier function" if callable(verifier) else "verifier='greedy'"
+        raise ValueError(f"{rule} needs temperature=0; sampling needs the rejection rule")
     check_same_vocab(target, draft)
     if verifier == "auto":
         verifier = "greedy" if temperature == 0 else "rejection"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import torch
 from transformers import PreTrainedModel
 
 from .kv_cache import ModelRunner
+
+T = TypeVar("T")
 
 
 def expected_tokens_per_step(alpha: float, k: int) -> float:
@@ -46,22 +48,33 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _decode_timer(model: PreTrainedModel, prefix: torch.Tensor) -> Callable[[], float]:
-    """A function that times one cached single-token forward pass after `prefix`, at a fixed cache length."""
+def _decode_timer(model: PreTrainedModel, prefix: torch.Tensor, n_new: int = 1) -> Callable[[], float]:
+    """A function that times one cached forward pass over `n_new` tokens after `prefix`, at a fixed cache length."""
     runner = ModelRunner(model, use_cache=True)
     prefix = prefix.to(model.device)
     runner.logits(prefix)  # fill the cache
-    step = torch.cat([prefix, prefix[:, -1:]], dim=1)
+    step = torch.cat([prefix, prefix[:, -1:].repeat(1, n_new)], dim=1)
 
     def timed_call() -> float:
         sync_device(model.device)
         start = time.perf_counter()
-        runner.logits(step)
+        runner.logits(step, keep=n_new)
         sync_device(model.device)
         runner.rollback(prefix.shape[1])  # same cache length every call
         return time.perf_counter() - start
 
     return timed_call
+
+
+def _interleaved_medians(timers: Mapping[T, Callable[[], float]], n_calls: int, warmup: int = 2) -> dict[T, float]:
+    """Median seconds of each timer over n_calls rounds, taking turns so machine noise hits all alike."""
+    times: dict[T, list[float]] = {name: [] for name in timers}
+    for i in range(warmup + n_calls):
+        for name, timer in timers.items():
+            elapsed = timer()
+            if i >= warmup:  # the first calls allocate and pick kernels
+                times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 @torch.inference_mode()
@@ -82,11 +95,18 @@ def measure_cost_ratio(
     for length in at_lengths or [sequence.shape[1] - 1]:
         prefix = sequence[:, : max(1, min(length, sequence.shape[1] - 1))]
         timers = {"draft": _decode_timer(draft, prefix), "target": _decode_timer(target, prefix)}
-        times: dict[str, list[float]] = {"draft": [], "target": []}
-        for i in range(n_calls + 2):
-            for name, timer in timers.items():
-                elapsed = timer()
-                if i >= 2:  # the first calls warm up
-                    times[name].append(elapsed)
-        ratios.append(statistics.median(times["draft"]) / statistics.median(times["target"]))
+        median = _interleaved_medians(timers, n_calls)
+        ratios.append(median["draft"] / median["target"])
     return statistics.fmean(ratios)
+
+
+@torch.inference_mode()
+def verify_cost_ratios(
+    model: PreTrainedModel, prefix: torch.Tensor, n_new: Sequence[int] = (1, 2, 3, 5), n_calls: int = 10
+) -> dict[int, float]:
+    """Time of one cached call over n new tokens, in single-token calls; the formula assumes 1.0 for K+1 tokens."""
+    if not n_new or min(n_new) < 1:
+        raise ValueError(f"n_new must list token counts >= 1, got {n_new!r}")
+    prefix = prefix.view(1, -1)
+    median = _interleaved_medians({n: _decode_timer(model, prefix, n) for n in sorted({1, *n_new})}, n_calls)
+    return {n: median[n] / median[1] for n in n_new}

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from specdec_lib.bench import DEFAULT_PROMPTS, load_prompts, main
+from specdec_lib.bench import DEFAULT_PROMPTS, format_report, load_prompts, main
 from specdec_lib.plots import plot_k_sweep, plot_speedup_heatmap
 from specdec_lib.theory import expected_speedup
 
@@ -26,7 +26,9 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
         assert r["predicted_speedup"] == pytest.approx(expected_speedup(r["alpha"], r["k"], r["c"]))
     assert saved["best_k_measured"] in (1, 3) and len(saved["prompts"]) == 2
     assert plot.stat().st_size > 10_000
-    assert "meas/pred" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "meas/pred" in printed and format_report(saved) in printed
+    assert f"best k measured {saved['best_k_measured']}" in format_report(saved)
 
 
 @pytest.mark.parametrize("bad", ["0,2", "a,b", ""])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from specdec_lib.bench import METHODS, benchmark, hf_assisted_generate
-from specdec_lib.theory import estimate_alpha, expected_speedup, expected_tokens_per_step, optimal_k
+from specdec_lib.theory import estimate_alpha, expected_speedup, expected_tokens_per_step, optimal_k, verify_cost_ratios
 from conftest import cached_pair, prompts
 
 
@@ -59,3 +59,11 @@ def test_benchmark_runs_every_method_and_they_agree():
     assert result.methods[METHODS[2]].target_calls < 24
     assert 0 <= result.alpha <= 1 and result.c > 0
     assert "measured/predicted" in result.summary() and "tokens/s" in result.table()
+
+
+def test_verify_cost_ratios_are_relative_to_one_token():
+    target, _ = cached_pair("gpt2", "perfect")
+    ratios = verify_cost_ratios(target, torch.tensor([[1, 2, 3, 4]]), n_new=(1, 3), n_calls=3)
+    assert list(ratios) == [1, 3] and ratios[1] == 1.0 and ratios[3] > 0
+    with pytest.raises(ValueError, match="n_new"):
+        verify_cost_ratios(target, torch.tensor([[1, 2]]), n_new=(0, 2))

@@ -27,6 +27,8 @@ def pair():
         (dict(temperature=1.0, top_k=0), "top_k"),
         (dict(max_new_tokens=300), "maximum of 256 positions"),
         (dict(verifier="greedy", temperature=1.0), "verifier"),
+        (dict(verifier=lambda d, t: (0, 0), temperature=1.0), "verifier function"),
+        (dict(verifier="argmax"), "verifier must be"),
     ],
 )
 def test_bad_arguments(pair, kwargs, match):
