@@ -1,6 +1,10 @@
 """The seed-sized random pair and the imposed acceptance rate used to time it (chapter 05)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +115,16 @@ def test_bench_cli_rejects_bad_alpha_use(args, capsys):
     with pytest.raises(SystemExit):
         bench(args)
     assert "alpha" in capsys.readouterr().err
+
+
+def test_gpu_results_script_dry_run(tmp_path):
+    """scripts/gpu_results.sh, small and on the CPU: both pairs run, and the seed pair takes the first's alpha."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHON=sys.executable, DEVICE="cpu", DTYPE="float32", QUICK="1")
+    done = subprocess.run(["bash", str(root / "scripts" / "gpu_results.sh"), str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    smollm2, seed = (json.loads((tmp_path / f"quick_cpu_{name}.json").read_text()) for name in ("smollm2", "seed_gpt2"))
+    assert seed["alpha_imposed"] == pytest.approx(smollm2["alpha"])
+    assert all(r["outputs_match_target"] for r in smollm2["runs"])
+    assert (tmp_path / "quick_cpu_seed_gpt2.png").stat().st_size > 10_000
