@@ -7,6 +7,7 @@ One module per chapter concept:
 - kv_cache: ModelRunner, crop_cache (chapter 04)
 - theory, bench: the speedup formula and the benchmark (chapters 04-05)
 - cpu_linear: verification over K+1 positions at the cost of about one call on CPUs (chapter 05)
+- seed_pair: the seed pair's sizes with random weights, timed under an imposed acceptance rate (chapter 05)
 - prompts, distill_data, draft_model, train_draft: training a draft by self-distillation (chapter 06)
 - models: load_pair and the model presets; testing: tiny random pairs
 """

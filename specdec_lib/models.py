@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers import modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
-from .cpu_linear import use_small_batch_linear
+from .cpu_linear import fast_on_cpu
 from .draft_model import draft_summary, load_draft
 
 DEFAULT_PRESET = "smollm2"
@@ -229,9 +229,7 @@ def load_pair(
 
 def _fast_on_cpu(pair: ModelPair) -> ModelPair:
     """On a CPU, let both models verify several positions at the cost of about one (see cpu_linear)."""
-    if pair.target.device.type == "cpu":
-        use_small_batch_linear(pair.target)
-        use_small_batch_linear(pair.draft)
+    fast_on_cpu(pair.target, pair.draft)
     return pair
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
-from .cpu_linear import use_small_batch_linear
+from .cpu_linear import fast_on_cpu
 from .generate import VerifyRule
 
 # (layers, width, heads) of the hub's configs; both have GPT-2's 50,257-token vocabulary and 1,024 positions.
@@ -37,13 +37,18 @@ def random_gpt2(
     return model.to(dtype=dtype).eval()
 
 
+def seed_model(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> PreTrainedModel:
+    """A random-weight GPT-2 of a SEED_SHAPES size, with the CPU kernels load_pair gives its models."""
+    model = random_gpt2(SEED_SHAPES[name], device=device, dtype=dtype, seed=seed)
+    fast_on_cpu(model)
+    return model
+
+
 def seed_sized_pair(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedModel]:
     """(target, draft) at gpt2-medium's and gpt2's sizes, random weights, on `device` in `dtype`."""
-    target = random_gpt2(SEED_SHAPES["gpt2-medium"], device=device, dtype=dtype, seed=0)
-    draft = random_gpt2(SEED_SHAPES["gpt2"], device=device, dtype=dtype, seed=1)
-    for model in (target, draft):  # CPU kernels as load_pair uses them; they leave other devices alone
-        use_small_batch_linear(model)
-    return target, draft
+    return seed_model("gpt2-medium", device, dtype, seed=0), seed_model("gpt2", device, dtype, seed=1)
 
 
 def imposed_acceptance(alpha: float, generator: torch.Generator | None = None) -> VerifyRule:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from specdec_lib.cpu_linear import MAX_ROWS, TALL, use_small_batch_linear
+from specdec_lib.cpu_linear import MAX_ROWS, TALL, fast_on_cpu, use_small_batch_linear
 from specdec_lib.testing import tiny_model
 
 
@@ -32,3 +32,11 @@ def test_whole_model_logits_unchanged_and_gradients_flow():
         torch.testing.assert_close(model(ids).logits, before)
     model(ids).logits.sum().backward()
     assert model.model.layers[0].mlp.up_proj.weight.grad is not None
+
+
+def test_fast_on_cpu_patches_cpu_models_only():
+    cpu = nn.Sequential(nn.Linear(4, 4))
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(4, 4))
+    fast_on_cpu(cpu, meta)
+    assert "forward" in vars(cpu[0]) and "forward" not in vars(meta[0])
