@@ -1,27 +1,40 @@
-"""specdec_lib: the tested code behind the speculative decoding notebooks.
+"""specdec_lib: the tested code behind the speculative decoding notebooks, in rooms named after what they hold.
 
-One module per chapter concept:
-- greedy: greedy_verify (chapter 01)
-- generate: speculative_generate, autoregressive_generate (chapter 02)
-- sampling: logits_to_probs, rejection_verify (chapter 03)
-- kv_cache: ModelRunner, crop_cache (chapter 04)
-- theory, bench: the speedup formula and the benchmark (chapters 04-05)
-- cpu_linear: verification over K+1 positions at the cost of about one call on CPUs (chapter 05)
-- seed_pair: the seed pair's sizes with random weights, timed under an imposed acceptance rate (chapter 05)
-- prompts, distill_data, draft_model, train_draft: training a draft by self-distillation (chapter 06)
-- models: load_pair and the model presets; testing: tiny random pairs
+- loop: the speculative loop and its rules: greedy, sampling, KV caches, generate (chapters 01-04)
+- drafters: whatever proposes tokens: the Drafter protocol, ModelDrafter (one kind of draft per file)
+- models: load_pair and the model presets; cpu_kernels for cheap verification on CPUs
+- bench: timing, the speedup theory, benchmark runs and reports, `python -m specdec_lib.bench` (chapters 04-05)
+- training: prompts, the distillation corpus, the draft model, `python -m specdec_lib.training` (chapter 06)
+- viz: widgets and plots
+- testing: fixtures for the tests (tiny random models, a toy tokenizer)
 """
 
-from .generate import SpecOutput, SpecStats, StepRecord, autoregressive_generate, speculative_generate
-from .greedy import greedy_verify
-from .kv_cache import ModelRunner, crop_cache
+# loop first: its generate module imports the drafters, which import the loop's sampling and caches.
+from .loop import (
+    ModelRunner,
+    Sampler,
+    SpecOutput,
+    SpecStats,
+    StepRecord,
+    autoregressive_generate,
+    crop_cache,
+    greedy_verify,
+    logits_to_probs,
+    pool_steps,
+    rejection_verify,
+    sample,
+    speculative_generate,
+)
+from .drafters import Drafter, ModelDrafter
 from .models import ModelPair, ModelUnavailableError, load_pair, pick_device
-from .sampling import logits_to_probs, rejection_verify, sample
 
 __all__ = [
+    "Drafter",
+    "ModelDrafter",
     "ModelPair",
     "ModelRunner",
     "ModelUnavailableError",
+    "Sampler",
     "SpecOutput",
     "SpecStats",
     "StepRecord",
@@ -31,6 +44,7 @@ __all__ = [
     "load_pair",
     "logits_to_probs",
     "pick_device",
+    "pool_steps",
     "rejection_verify",
     "sample",
     "speculative_generate",

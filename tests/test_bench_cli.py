@@ -8,9 +8,11 @@ matplotlib.use("Agg")
 
 import pytest
 
-from specdec_lib.bench import DEFAULT_PROMPTS, format_report, load_prompts, main
-from specdec_lib.plots import plot_k_sweep, plot_speedup_heatmap
-from specdec_lib.theory import expected_speedup
+from specdec_lib.bench.cli import main
+from specdec_lib.bench.report import format_report
+from specdec_lib.training.prompts import DEFAULT_PROMPTS, load_prompts
+from specdec_lib.viz.plots import plot_k_sweep, plot_speedup_heatmap
+from specdec_lib.bench.theory import expected_speedup
 
 
 def test_cli_writes_json_and_plot(tmp_path, capsys):
@@ -64,7 +66,7 @@ def test_heatmap_marks_points():
 
 
 def test_compare_cli_runs_all_four_methods(capsys):
-    from specdec_lib.compare import main as compare
+    from specdec_lib.bench.cli import compare
 
     result = compare(["--pair", "tiny-gpt2", "--k", "2", "--max-new-tokens", "8", "--repeats", "1"])
     assert result.outputs_agree and len(result.methods) == 4

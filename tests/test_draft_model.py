@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from specdec_lib import autoregressive_generate, speculative_generate
-from specdec_lib.distill_data import Sample
-from specdec_lib.draft_model import draft_from_target, load_draft, save_draft
-from specdec_lib.stats import chi2_pvalue
+from specdec_lib.training.corpus import Sample
+from specdec_lib.training.draft_model import draft_from_target, load_draft, save_draft
+from specdec_lib.loop.sampling_check import chi2_pvalue
 from specdec_lib.testing import exact_two_token_distribution, noisy_copy, tiny_model
-from specdec_lib.train_draft import HeldOut, TrainConfig, choose_vocab, greedy_agreement, make_batch, train, vocab_coverage
+from specdec_lib.training.train_draft import HeldOut, TrainConfig, choose_vocab, greedy_agreement, make_batch, train, vocab_coverage
 
 P_MIN = 1e-3
 

@@ -5,17 +5,26 @@ from functools import lru_cache
 import pytest
 import torch
 
-from conftest import AGREEMENT, ARCHS, cached_pair, prompts
+from conftest import AGREEMENT, ARCHS, SLIDING_ARCHS, cached_pair, prompts
 from specdec_lib import autoregressive_generate, speculative_generate
+from specdec_lib.drafters import ModelDrafter
 
 NEW = 24
 
 
 @lru_cache(maxsize=None)
-def reference(arch: str, level: str) -> list[torch.Tensor]:
+def reference(arch: str, level: str, cpu_kernels: bool = False) -> list[torch.Tensor]:
     """The target's own greedy continuations of every test prompt (uncached baseline)."""
-    target, _ = cached_pair(arch, level)
+    target, _ = cached_pair(arch, level, cpu_kernels)
     return [autoregressive_generate(target, p, max_new_tokens=NEW, use_cache=False) for p in prompts()]
+
+
+@lru_cache(maxsize=None)
+def hf_reference(arch: str, level: str, cpu_kernels: bool) -> list[torch.Tensor]:
+    """transformers' own greedy generate() on every test prompt."""
+    target, _ = cached_pair(arch, level, cpu_kernels)
+    return [target.generate(p, attention_mask=torch.ones_like(p), do_sample=False, max_new_tokens=NEW)
+            for p in prompts()]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -37,6 +46,48 @@ def test_speculative_equals_target_greedy(arch, level, k, use_cache):
         out = speculative_generate(target, draft, p, max_new_tokens=NEW, k=k, use_cache=use_cache)
         assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
         assert out.stats.new_tokens == NEW
+
+
+@pytest.mark.parametrize("k", range(1, 9))
+@pytest.mark.parametrize("level", AGREEMENT)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_speculative_equals_target_greedy_with_cpu_kernels(arch, level, k):
+    """The same grid, cached, with the CPU kernels load_pair installs (GPT-2's Conv1D converted to Linear)."""
+    target, draft = cached_pair(arch, level, cpu_kernels=True)
+    for p, ref in zip(prompts(), reference(arch, level, cpu_kernels=True)):
+        out = speculative_generate(target, draft, p, max_new_tokens=NEW, k=k)
+        assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
+
+
+@pytest.mark.parametrize("cpu_kernels", [False, True], ids=["stock", "cpu_kernels"])
+@pytest.mark.parametrize("k", range(1, 7))
+@pytest.mark.parametrize("level", AGREEMENT)
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
+def test_sliding_window_targets_equal_hf_generate(arch, level, k, cpu_kernels):
+    """Targets and drafts whose attention window (8) is shorter than prompt + output: rollback must still be exact."""
+    target, draft = cached_pair(arch, level, cpu_kernels)
+    refs = hf_reference(arch, level, cpu_kernels)
+    assert max(r.shape[1] for r in refs) > 2 * target.config.sliding_window
+    for p, ref in zip(prompts(), refs):
+        out = speculative_generate(target, draft, p, max_new_tokens=NEW, k=k)
+        assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
+
+
+@pytest.mark.parametrize("arch", ARCHS + SLIDING_ARCHS)
+def test_model_drafter_equals_passing_the_model(arch):
+    """ModelDrafter(draft) is what speculative_generate builds from a plain draft: same tokens, same call counts."""
+    target, draft = cached_pair(arch, "medium")
+    drafter = ModelDrafter(draft)
+    for p in prompts()[::3]:
+        for temperature in (0.0, 1.0):
+            plain, wrapped = (
+                speculative_generate(target, d, p, max_new_tokens=NEW, k=3, temperature=temperature,
+                                     generator=torch.Generator().manual_seed(7))
+                for d in (draft, drafter)  # the same drafter serves every run: start() resets it
+            )
+            assert torch.equal(plain.sequences, wrapped.sequences)
+            assert (plain.stats.target_calls, plain.stats.draft_calls) == (wrapped.stats.target_calls, wrapped.stats.draft_calls)
+            assert plain.stats.proposed == wrapped.stats.proposed and plain.stats.accepted == wrapped.stats.accepted
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -5,8 +5,9 @@ import time
 import pytest
 import torch
 
-from specdec_lib import models
-from specdec_lib.models import ModelUnavailableError, check_same_vocab, load_pair, pick_device, stand_in_draft
+from specdec_lib.models import pairs as models
+from specdec_lib.drafters import check_same_vocab
+from specdec_lib.models import ModelUnavailableError, load_pair, pick_device, stand_in_draft
 from specdec_lib.testing import tiny_model
 
 
@@ -71,7 +72,7 @@ def test_shipped_draft_fits_the_embedded_target():
     """The trained SmolLM2 draft is in the package, small, and loads onto a model of the target's shape."""
     from transformers import AutoConfig, LlamaForCausalLM
 
-    from specdec_lib.draft_model import SMOLLM2_DRAFT_DIR, WEIGHTS_FILE, load_draft
+    from specdec_lib.training.draft_model import SMOLLM2_DRAFT_DIR, WEIGHTS_FILE, load_draft
 
     assert (SMOLLM2_DRAFT_DIR / WEIGHTS_FILE).stat().st_size <= 25 * 2**20
     path = models.smollm2_gguf_path()
@@ -83,3 +84,55 @@ def test_shipped_draft_fits_the_embedded_target():
     assert logits.shape == (1, 3, config.vocab_size)
     assert torch.isfinite(logits[0, :, draft.vocab_ids]).all()
     assert draft.model.embed_tokens.weight.data_ptr() == target.model.embed_tokens.weight.data_ptr()
+
+
+def save_tiny_pair(arch: str, folder) -> tuple[str, str]:
+    """A tiny target and its noisy copy saved as hub-style folders, with a word-level tokenizer (t0 .. t63)."""
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from specdec_lib.testing import tiny_pair
+
+    words = Tokenizer(tok_models.WordLevel({f"t{i}": i for i in range(64)}, unk_token="t0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0")
+    paths = []
+    for name, model in zip(("target", "draft"), tiny_pair(arch, noise=0.03, vocab_size=64)):
+        model.save_pretrained(folder / name)
+        tokenizer.save_pretrained(folder / name)
+        paths.append(str(folder / name))
+    return paths[0], paths[1]
+
+
+@pytest.mark.parametrize("cpu_kernels", [True, False])
+@pytest.mark.parametrize("arch", ["gpt2", "mistral"])
+def test_users_own_pair_loads_and_decodes_exactly(tmp_path, arch, cpu_kernels):
+    """load_pair(target=path, draft=path): any causal LM pair, sliding windows included, with or without CPU kernels."""
+    from specdec_lib import speculative_generate
+    from specdec_lib.models.cpu_kernels import uses_small_batch_linear
+
+    target_path, draft_path = save_tiny_pair(arch, tmp_path)
+    target, draft, tokenizer, name = load_pair(target=target_path, draft=draft_path, device="cpu",
+                                               cpu_kernels=cpu_kernels)
+    assert uses_small_batch_linear(target) == uses_small_batch_linear(draft) == cpu_kernels
+    ids = tokenizer(" ".join(f"t{i}" for i in range(5, 25)), return_tensors="pt").input_ids
+    assert ids.shape == (1, 20)
+    ref = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20)
+    for k in (1, 3, 5):
+        assert torch.equal(speculative_generate(target, draft, ids, max_new_tokens=20, k=k).sequences, ref)
+
+
+def test_device_env_variable_moves_the_default(monkeypatch):
+    monkeypatch.setenv(models.DEVICE_ENV, "cpu")
+    assert pick_device() == torch.device("cpu")
+    monkeypatch.setenv(models.DEVICE_ENV, "tpu")
+    with pytest.raises(ValueError, match="available here: cpu"):
+        pick_device()
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps", "cuda:3", "tpu", "nonsense"])
+def test_unavailable_device_is_a_value_error_naming_what_is_available(device):
+    if device.split(":")[0] in models.available_devices() and ":" not in device:
+        pytest.skip(f"{device} is available on this machine")
+    with pytest.raises(ValueError, match="available here|does not exist"):
+        pick_device(device)

@@ -8,16 +8,15 @@ import pytest
 import torch
 
 from specdec_lib import logits_to_probs, rejection_verify, sample, speculative_generate
-from specdec_lib.sampling import residual_distribution
-from specdec_lib.stats import chi2_pvalue
-from specdec_lib.testing import (
+from specdec_lib.loop.sampling import residual_distribution
+from specdec_lib.loop.sampling_check import (
     buggy_argmax_verify,
     buggy_resample_from_p,
-    exact_two_token_distribution,
+    chi2_pvalue,
     run_toy_verifier,
-    tiny_pair,
     toy_distributions,
 )
+from specdec_lib.testing import exact_two_token_distribution, tiny_pair
 
 P_MIN = 1e-3  # the threshold for "looks like p"
 

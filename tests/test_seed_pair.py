@@ -5,16 +5,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from specdec_lib.bench import METHODS, benchmark, main as bench
-from specdec_lib.generate import speculative_generate
-from specdec_lib.seed_pair import SEED_SHAPES, imposed_acceptance, random_gpt2, read_alpha, seed_sized_pair
-from specdec_lib.stats import chi2_pvalue
-from specdec_lib.theory import estimate_alpha, expected_tokens_per_step
+from specdec_lib.bench.cli import main as bench
+from specdec_lib.bench.runs import METHODS, benchmark
+from specdec_lib import speculative_generate
+from specdec_lib import greedy_verify
+from specdec_lib.bench.seed_pair import SEED_SHAPES, ImposedAcceptance, random_gpt2, read_alpha, seed_sized_pair
+from specdec_lib.loop.sampling_check import chi2_pvalue
+from specdec_lib.bench.theory import estimate_alpha, expected_tokens_per_step
 from conftest import cached_pair
 
 
@@ -23,34 +26,53 @@ def accepted_distribution(alpha: float, k: int) -> np.ndarray:
     return np.array([alpha**n * (1 - alpha) for n in range(k)] + [alpha**k])
 
 
+class FixedLogits:
+    """A stand-in model that returns the same logits for its last rows on every call (fast to call 4000 times)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits, self.device = logits, logits.device
+        self.config = SimpleNamespace(vocab_size=logits.shape[-1])
+
+    def __call__(self, input_ids: torch.Tensor, logits_to_keep: int = 0, **kwargs) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.logits[-logits_to_keep:].clone()[None])
+
+
+def imposed_verdicts(alpha: float, k: int, n: int, seed: int = 0) -> tuple[list[int], list[int], torch.Tensor]:
+    """n greedy verifications of k drafts against an ImposedAcceptance target: accepted counts, next tokens, logits."""
+    logits = torch.randn(k + 1, 50, generator=torch.Generator().manual_seed(1))
+    logits[:, 0] = logits.min() - 1  # the drafts' token 0 is never the model's own choice
+    target = ImposedAcceptance(FixedLogits(logits), alpha, torch.Generator().manual_seed(seed))
+    fed = torch.zeros(1, k + 1, dtype=torch.long)  # the last token, then k drafts (all token 0)
+    verdicts = [greedy_verify(fed[0, 1:], target(fed, logits_to_keep=k + 1).logits[0]) for _ in range(n)]
+    return [v[0] for v in verdicts], [v[1] for v in verdicts], logits
+
+
 @pytest.mark.parametrize("alpha", [0.376, 0.8])
 def test_imposed_acceptance_is_iid_with_rate_alpha(alpha):
-    k, gen = 4, torch.Generator().manual_seed(0)
-    verify = imposed_acceptance(alpha, gen)
-    logits = torch.randn(k + 1, 50, generator=torch.Generator().manual_seed(1))
-    draws = [verify(torch.zeros(k, dtype=torch.long), logits) for _ in range(4000)]
-    counts = [int(n) for n, _ in draws]
+    k = 4
+    counts, next_tokens, logits = imposed_verdicts(alpha, k, 4000)
     assert chi2_pvalue(counts, accepted_distribution(alpha, k)) > 1e-3
     # Against a rate 0.1 off, the same counts fail: the test can tell.
     assert chi2_pvalue(counts, accepted_distribution(alpha - 0.1, k)) < 1e-6
-    assert all(int(t) == int(logits[int(n)].argmax()) for n, t in draws)
+    # After the accepted prefix, the next token is the model's own choice there.
+    assert all(t == int(logits[n].argmax()) for n, t in zip(counts, next_tokens) if n < k)
 
 
 def test_imposed_acceptance_edges():
-    logits, drafts = torch.randn(4, 10), torch.zeros(3, dtype=torch.long)
-    assert int(imposed_acceptance(0.0)(drafts, logits)[0]) == 0
-    assert int(imposed_acceptance(1.0)(drafts, logits)[0]) == 3
+    assert set(imposed_verdicts(0.0, 3, 20)[0]) == {0}
+    assert set(imposed_verdicts(1.0, 3, 20)[0]) == {3}
+    model = FixedLogits(torch.randn(4, 10))
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="alpha"):
-            imposed_acceptance(bad)
+            ImposedAcceptance(model, bad)
 
 
 def test_loop_under_imposed_alpha_matches_the_formula():
-    """A draft that never agrees, with alpha imposed: the loop makes the formula's tokens per target call."""
+    """A draft that never agrees, with alpha imposed on the target: the loop makes the formula's tokens per call."""
     target, draft = cached_pair("gpt2", "low")
     alpha, k = 0.6, 3
-    rule = imposed_acceptance(alpha, torch.Generator().manual_seed(0))
-    out = speculative_generate(target, draft, torch.tensor([[1, 2, 3]]), max_new_tokens=240, k=k, verifier=rule)
+    imposed = ImposedAcceptance(target, alpha, torch.Generator().manual_seed(0))
+    out = speculative_generate(imposed, draft, torch.tensor([[1, 2, 3]]), max_new_tokens=240, k=k)
     stats = out.stats
     assert out.sequences.shape[1] == 3 + 240
     assert estimate_alpha(stats.proposed, stats.accepted) == pytest.approx(alpha, abs=0.06)
@@ -120,7 +142,8 @@ def test_bench_cli_rejects_bad_alpha_use(args, capsys):
 def test_gpu_results_script_dry_run(tmp_path):
     """scripts/gpu_results.sh, small and on the CPU: both pairs run, and the seed pair takes the first's alpha."""
     root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHON=sys.executable, DEVICE="cpu", DTYPE="float32", QUICK="1")
+    # The notebook step only collects here: running every notebook is `make test`'s job.
+    env = dict(os.environ, PYTHON=sys.executable, DEVICE="cpu", DTYPE="float32", QUICK="1", NBVAL_ARGS="--collect-only")
     done = subprocess.run(["bash", str(root / "scripts" / "gpu_results.sh"), str(tmp_path)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -128,3 +151,5 @@ def test_gpu_results_script_dry_run(tmp_path):
     assert seed["alpha_imposed"] == pytest.approx(smollm2["alpha"])
     assert all(r["outputs_match_target"] for r in smollm2["runs"])
     assert (tmp_path / "quick_cpu_seed_gpt2.png").stat().st_size > 10_000
+    log = (tmp_path / "quick_cpu_notebooks.log").read_text()
+    assert all(f"{name}.ipynb" in log for name in ("01_single_step", "06_train_your_own_draft")), log[-2000:]

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from specdec_lib.bench import METHODS, benchmark, hf_assisted_generate
-from specdec_lib.theory import estimate_alpha, expected_speedup, expected_tokens_per_step, optimal_k, verify_cost_ratios
+from specdec_lib.bench.runs import METHODS, benchmark, hf_assisted_generate
+from specdec_lib.bench.theory import estimate_alpha, expected_speedup, expected_tokens_per_step, optimal_k
+from specdec_lib.bench.timing import verify_cost_ratios
 from conftest import cached_pair, prompts
 
 

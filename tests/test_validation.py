@@ -27,7 +27,7 @@ def pair():
         (dict(temperature=1.0, top_k=0), "top_k"),
         (dict(max_new_tokens=300), "maximum of 256 positions"),
         (dict(verifier="greedy", temperature=1.0), "verifier"),
-        (dict(verifier=lambda d, t: (0, 0), temperature=1.0), "verifier function"),
+        (dict(verifier=lambda d, t: (0, 0)), "verifier must be"),
         (dict(verifier="argmax"), "verifier must be"),
     ],
 )

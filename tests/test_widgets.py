@@ -9,10 +9,10 @@ import torch
 
 from conftest import cached_pair
 from specdec_lib import speculative_generate
-from specdec_lib.generate import StepRecord
-from specdec_lib.plots import plot_accepted_histogram, plot_acceptance_per_position
+from specdec_lib.loop.generate import StepRecord
+from specdec_lib.viz.plots import plot_accepted_histogram, plot_acceptance_per_position
 from specdec_lib.testing import ToyTokenizer
-from specdec_lib.widgets import LiveStepper, StepViewer, run_view_html, step_table_html, text_html
+from specdec_lib.viz.widgets import LiveStepper, StepViewer, run_view_html, step_table_html, step_view_html, text_html
 
 TOK = ToyTokenizer()
 PROMPT = torch.tensor([[8, 5, 12, 12, 15]])  # "hello"
@@ -37,6 +37,33 @@ def test_step_html_colours_each_state():
     assert "✗" in html and "↻" in html  # markers, not colour alone
     bonus = text_html(TOK, [8], [StepRecord([1, 2], 2, 3)])
     assert states(bonus, "bonus") == 1 and "★" in bonus and states(bonus, "rejected") == 0
+
+
+def test_a_step_without_drafts_shows_the_targets_own_token_not_a_bonus():
+    step = StepRecord(draft_tokens=[], n_accepted=0, next_token=9)
+    assert not step.bonus
+    html = text_html(TOK, [8], [step])
+    assert states(html, "target") == 1 and states(html, "bonus") == 0 and states(html, "correction") == 0
+    table = step_table_html(TOK, step)
+    assert "own token" in table and "bonus" not in table
+    assert "nothing drafted" in step_view_html(TOK, [8], [step], 0)
+    assert "0 of 0" not in step_view_html(TOK, [8], [step], 0)
+
+
+def test_long_text_and_legend_can_wrap():
+    """Spans are joined without spaces, so the view needs explicit break points; the legend items too."""
+    steps = [StepRecord([1, 2, 3], 1, 4) for _ in range(40)]
+    html = step_view_html(TOK, list(range(1, 30)), steps, 39)
+    view = html.split('<div class="sd-view">')[2]  # after the legend: the text
+    assert view.count("<wbr>") == view.count('class="sd-tok') - 1
+    assert "nowrap" not in html and "white-space:pre}" not in html and "&nbsp;" not in html
+    assert html.count('class="sd-legend-item"') == 5
+
+
+def test_table_cells_are_left_aligned_inline():
+    """JupyterLab right-aligns output table cells unless each cell says otherwise."""
+    table = step_table_html(TOK, StepRecord([1, 2], 1, 3))
+    assert table.count("<td ") == table.count('<td style="text-align:left"')
 
 
 def test_whitespace_is_visible():
@@ -71,7 +98,7 @@ def test_step_viewer_slider_shows_the_chosen_step(run):
 
 def test_step_viewer_text_matches_the_output(run):
     last = run_view_html(run, TOK, PROMPT.shape[1], len(run.stats.steps) - 1)
-    shown = sum(states(last, s) for s in ("prompt", "accepted", "correction", "bonus"))
+    shown = sum(states(last, s) for s in ("prompt", "accepted", "correction", "bonus", "target"))
     assert shown == run.sequences.shape[1]
 
 
@@ -80,6 +107,8 @@ def test_live_stepper_appends_one_step_per_click():
     live = LiveStepper(target, draft, TOK, prompt="hello", k=3)
     live.step_button.click()
     assert len(live.state.steps) == 1 and len(live.state.tokens) == 5 + 4  # perfect draft: k + bonus
+    assert "1 step," in live.html.value and "1 steps" not in live.html.value
+    assert live.temperature.style.description_width == "initial"  # the whole label shows
     live.k.value = 2
     live.step_button.click()
     assert len(live.state.tokens) == 5 + 4 + 3
@@ -114,3 +143,29 @@ def test_histogram_has_k_plus_one_bars(run):
     ax = plot_accepted_histogram([run.stats, run.stats]).axes[0]
     assert len(ax.patches) == 5 and len(ax.lines) == 1
     assert sum(p.get_height() for p in ax.patches) == pytest.approx(1.0)
+
+
+def test_live_stepper_shows_errors_inside_and_stays_usable():
+    """Bad input in a click handler: a red line in the widget, no exception lost in a log, and the next click works."""
+    target, draft = cached_pair("gpt2", "perfect")
+    live = LiveStepper(target, draft, TOK, prompt="hello", k=3)
+    live.prompt.value = ""
+    live.reset_button.click()  # an empty prompt: refused, the old text stays
+    assert "prompt box is empty" in live.error.value and "#B00020" in live.error.value
+    assert live.state.prompt == TOK("hello").input_ids
+    live.prompt.value = "ab" * 200  # longer than the tiny model's 256 positions
+    live.reset_button.click()
+    live.step_button.click()
+    assert "ValueError" in live.error.value and "256 positions" in live.error.value
+    assert live.state.steps == []
+    live.prompt.value = "hello"
+    live.reset_button.click()
+    live.step_button.click()  # valid input again: it works, and the error line is cleared
+    assert live.error.value == "" and len(live.state.steps) == 1
+
+
+def test_step_viewer_shows_a_failing_render_inside(run, monkeypatch):
+    viewer = StepViewer(run, TOK, PROMPT.shape[1])
+    monkeypatch.setattr(viewer, "show", lambda step: (_ for _ in ()).throw(RuntimeError("boom")))
+    viewer.slider.value = 2
+    assert "RuntimeError: boom" in viewer.error.value

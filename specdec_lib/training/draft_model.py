@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"
 SMOLLM2_DRAFT_DIR = ASSETS / "smollm2_draft"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -55,7 +55,7 @@ class RestrictedVocabLlama(LlamaForCausalLM):
     ) -> CausalLMOutputWithPast:
         """Like LlamaForCausalLM.forward, with logits scattered back to the full vocabulary."""
         if labels is not None:
-            raise ValueError("RestrictedVocabLlama has no built-in loss; train it with specdec_lib.train_draft")
+            raise ValueError("RestrictedVocabLlama has no built-in loss; train it with specdec_lib.training.train_draft")
         if cache is None and "past_key_values" in kwargs:  # generate() still passes the old name
             cache = kwargs.pop("past_key_values")
         out = self.model(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import random
 import sys
 import sysconfig
@@ -198,3 +199,17 @@ if __name__ == "__main__":  # pragma: no cover - a quick look at the prompt set
     print(len(ps), "training prompts;", len(HELDOUT_PROMPTS), "held out", file=sys.stderr)
     for p in ps[:10]:
         print(repr(p))
+
+
+def load_prompts(path: str | None) -> list[str]:
+    """Prompts from a file (a JSON list of strings, or one prompt per line) or the built-in varied set."""
+    if path is None:
+        return list(DEFAULT_PROMPTS)
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        prompts = json.loads(text)
+    else:
+        prompts = [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError(f"{path}: expected a non-empty list of prompt strings")
+    return prompts

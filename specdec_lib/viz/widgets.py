@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ipywidgets as widgets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .generate import SpecOutput, StepRecord, speculative_generate
+from ..loop.generate import SpecOutput, StepRecord, speculative_generate
 
 STYLE = """<style>
-.sd-view{font-family:monospace;line-height:2.0;font-size:13px}
-.sd-tok{padding:1px 2px;margin:0 1px;border-radius:3px;white-space:pre}
-.sd-prompt{color:#555}
+.sd-view{font-family:monospace;line-height:2.0;font-size:13px;overflow-wrap:anywhere}
+.sd-tok{padding:1px 1px;margin:0;border-radius:3px;white-space:pre-wrap}
+.sd-prompt{color:#555;padding:0}
+.sd-target{border-bottom:2px dotted #555}
+.sd-legend-item{display:inline-block;margin-right:1.5em}
 .sd-accepted{background:#cce3f0;border-bottom:2px solid #0072B2}
 .sd-rejected{background:#fbe8c2;color:#8a5a00;text-decoration:line-through}
 .sd-correction{background:#f7d3bf;border:2px solid #D55E00;font-weight:bold}
@@ -30,6 +32,11 @@ STYLE = """<style>
 .sd-table{border-collapse:collapse;font-family:monospace;font-size:12px;margin-top:6px}
 .sd-table td,.sd-table th{border:1px solid #bbb;padding:2px 8px;text-align:left}
 </style>"""
+# JupyterLab right-aligns table cells in HTML outputs unless the cell itself says otherwise.
+CELL_STYLE = 'style="text-align:left"'
+# Token spans are joined with no space between them (spaces are drawn as ·), so the browser needs
+# explicit break opportunities to wrap a long line.
+BREAK = "<wbr>"
 
 # (css class, marker, label) for each token state; the marker is shown before the token.
 STATES = {
@@ -37,6 +44,7 @@ STATES = {
     "rejected": ("sd-rejected", "✗", "rejected draft token (orange, struck through, ✗)"),
     "correction": ("sd-correction", "↻", "target's correction (vermillion box, ↻)"),
     "bonus": ("sd-bonus", "★", "free bonus token (green dashed box, ★)"),
+    "target": ("sd-target", "", "target's own token, nothing drafted that step (dotted underline)"),
 }
 
 
@@ -54,8 +62,16 @@ def token_span(tokenizer: PreTrainedTokenizerBase, token: int, state: str | None
 
 def legend_html() -> str:
     """The colour legend shared by every view."""
-    items = [f'<span class="sd-tok {css}">{marker}token</span> {label}' for css, marker, label in STATES.values()]
-    return '<div class="sd-view">' + " &nbsp; ".join(items) + "</div>"
+    items = [f'<span class="sd-legend-item"><span class="sd-tok {css}">{marker}token</span> {label}</span>'
+             for css, marker, label in STATES.values()]
+    return '<div class="sd-view">' + " ".join(items) + "</div>"
+
+
+def next_token_state(step: StepRecord) -> str:
+    """How a step's last token came about: a correction, the bonus, or the target's own (no drafts)."""
+    if not step.draft_tokens:
+        return "target"
+    return "bonus" if step.bonus else "correction"
 
 
 def step_spans(tokenizer: PreTrainedTokenizerBase, step: StepRecord, current: bool, show_rejected: bool) -> list[str]:
@@ -63,7 +79,7 @@ def step_spans(tokenizer: PreTrainedTokenizerBase, step: StepRecord, current: bo
     spans = [token_span(tokenizer, t, "accepted", current) for t in step.draft_tokens[: step.n_accepted]]
     if show_rejected:
         spans += [token_span(tokenizer, t, "rejected", current) for t in step.draft_tokens[step.n_accepted :]]
-    spans.append(token_span(tokenizer, step.next_token, "bonus" if step.bonus else "correction", current))
+    spans.append(token_span(tokenizer, step.next_token, next_token_state(step), current))
     return spans
 
 
@@ -75,7 +91,15 @@ def text_html(
     spans = [token_span(tokenizer, t, None) for t in prompt]
     for i, step in enumerate(steps[: upto + 1]):
         spans += step_spans(tokenizer, step, current=i == upto, show_rejected=i == upto)
-    return '<div class="sd-view">' + "".join(spans) + "</div>"
+    return '<div class="sd-view">' + BREAK.join(spans) + "</div>"
+
+
+def step_title(step: StepRecord) -> str:
+    """One line saying what a step did."""
+    if not step.draft_tokens:
+        return "nothing drafted (the last token of a run): the target's own token, as in plain decoding"
+    end = "the bonus token" if step.bonus else "the target's correction"
+    return f"accepted {step.n_accepted} of {len(step.draft_tokens)} draft tokens, then {end}"
 
 
 def step_table_html(tokenizer: PreTrainedTokenizerBase, step: StepRecord) -> str:
@@ -99,23 +123,49 @@ def step_table_html(tokenizer: PreTrainedTokenizerBase, step: StepRecord) -> str
         else:
             cells.append(choice)
         rows.append(cells + [verdict])
-    if step.bonus:
-        rows.append([str(len(step.draft_tokens)), "(none)"] + [""] * (len(head) - 2) + [f"bonus token {tokenizer.decode([step.next_token])!r}"])
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in head + ["verdict"])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    if step.bonus or not step.draft_tokens:
+        label = "bonus token" if step.bonus else "target's own token"
+        rows.append([str(len(step.draft_tokens)), "(none)"] + [""] * (len(head) - 2)
+                    + [f"{label} {tokenizer.decode([step.next_token])!r}"])
+    header = "".join(f"<th {CELL_STYLE}>{html.escape(h)}</th>" for h in head + ["verdict"])
+    body = "".join("<tr>" + "".join(f"<td {CELL_STYLE}>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f'<table class="sd-table"><tr>{header}</tr>{body}</table>'
 
 
 def step_view_html(tokenizer: PreTrainedTokenizerBase, prompt: Sequence[int], steps: Sequence[StepRecord], step: int) -> str:
     """The full view of one step of a run: legend, coloured text so far, and the step's table."""
     s = steps[step]
-    title = f"<b>step {step + 1} of {len(steps)}</b>: accepted {s.n_accepted} of {len(s.draft_tokens)} draft tokens"
+    title = f"<b>step {step + 1} of {len(steps)}</b>: {step_title(s)}"
     return STYLE + legend_html() + f"<div>{title}</div>" + text_html(tokenizer, prompt, steps, step) + step_table_html(tokenizer, s)
 
 
 def run_view_html(out: SpecOutput, tokenizer: PreTrainedTokenizerBase, prompt_length: int, step: int = 0) -> str:
     """`step_view_html` for a finished run of speculative_generate: the step viewer's static twin."""
     return step_view_html(tokenizer, out.sequences[0, :prompt_length].tolist(), out.stats.steps, step)
+
+
+def error_html(err: Exception) -> str:
+    """One red line saying what went wrong, to show inside a widget."""
+    message = html.escape(f"{type(err).__name__}: {err}")
+    return f'<div style="color:#B00020;font-family:monospace;white-space:pre-wrap">⚠ {message}</div>'
+
+
+def guarded(error: widgets.HTML, handler: Callable[..., object]) -> Callable[..., None]:
+    """A widget callback running `handler` that shows any exception as a red line in `error`, and clears it on success.
+
+    JupyterLab sends exceptions raised in widget callbacks to its log console, where a learner never
+    looks: without this, a bad input looks like a button that does nothing.
+    """
+
+    def callback(*args: object) -> None:
+        try:
+            handler(*args)
+        except Exception as err:  # any error: the learner must see it, and the widget must stay usable
+            error.value = error_html(err)
+        else:
+            error.value = ""
+
+    return callback
 
 
 class StepViewer(widgets.VBox):
@@ -128,9 +178,9 @@ class StepViewer(widgets.VBox):
         # The slider counts steps from 1, like the view's title; `step` and `show` count from 0.
         self.slider = widgets.IntSlider(value=step + 1, min=1, max=len(out.stats.steps), description="step",
                                         continuous_update=True, layout=widgets.Layout(width="500px"))
-        self.html = widgets.HTML()
-        self.slider.observe(lambda change: self.show(change["new"] - 1), names="value")
-        super().__init__([self.slider, self.html])
+        self.html, self.error = widgets.HTML(), widgets.HTML()
+        self.slider.observe(guarded(self.error, lambda change: self.show(change["new"] - 1)), names="value")
+        super().__init__([self.slider, self.error, self.html])
         self.show(step)
 
     def show(self, step: int) -> None:
@@ -158,20 +208,25 @@ class LiveStepper(widgets.VBox):
                  prompt: str = "Once upon a time, there was a little", k: int = 4, temperature: float = 0.0, seed: int = 0):
         self.target, self.draft, self.tokenizer, self.seed = target, draft, tokenizer, seed
         self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="600px"))
-        self.k = widgets.IntSlider(value=k, min=1, max=8, description="K")
-        self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.1, description="temperature")
+        wide = {"description_width": "initial"}  # show whole labels, never "temperat…"
+        self.k = widgets.IntSlider(value=k, min=1, max=8, description="K", style=wide)
+        self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.1,
+                                               description="temperature", style=wide)
         self.step_button = widgets.Button(description="speculate one step", button_style="primary")
         self.reset_button = widgets.Button(description="reset")
-        self.html = widgets.HTML()
-        self.step_button.on_click(lambda _: self.step())
-        self.reset_button.on_click(lambda _: self.reset())
+        self.html, self.error = widgets.HTML(), widgets.HTML()  # the error line sits right under the controls
+        self.step_button.on_click(guarded(self.error, lambda _: self.step()))
+        self.reset_button.on_click(guarded(self.error, lambda _: self.reset()))
         controls = widgets.HBox([self.k, self.temperature, self.step_button, self.reset_button])
-        super().__init__([self.prompt, controls, self.html])
+        super().__init__([self.prompt, controls, self.error, self.html])
         self.reset()
 
     def reset(self) -> None:
         """Start over from the prompt box's text."""
-        self.state = LiveState(self.tokenizer(self.prompt.value).input_ids)
+        ids = self.tokenizer(self.prompt.value).input_ids
+        if not ids:
+            raise ValueError("the prompt box is empty: type a prompt, then press reset")
+        self.state = LiveState(ids)
         self.generator = torch.Generator(device=self.target.device).manual_seed(self.seed)
         self.render()
 
@@ -192,6 +247,7 @@ class LiveStepper(widgets.VBox):
         if self.state.steps:
             n = sum(s.n_accepted for s in self.state.steps)
             d = sum(len(s.draft_tokens) for s in self.state.steps)
-            body += f"<div>{len(self.state.steps)} steps, {n}/{d} draft tokens accepted</div>"
+            steps = len(self.state.steps)
+            body += f"<div>{steps} step{'s' * (steps != 1)}, {n}/{d} draft tokens accepted</div>"
             body += step_table_html(self.tokenizer, self.state.steps[-1])
         self.html.value = body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -60,6 +61,35 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     """Draw one token id per row of probs (..., V); returns shape (...)."""
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How a token is picked from logits: the argmax at temperature 0, else a sample after temperature/top-k/top-p."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        check_sampling_args(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def greedy(self) -> bool:
+        """True at temperature 0, where every choice is an argmax."""
+        return self.temperature == 0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution this sampler draws from, (..., V); one-hot at temperature 0."""
+        return logits_to_probs(logits, self.temperature, self.top_k, self.top_p)
+
+    def choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pick a token from logits (..., V): argmax at temperature 0, else a sample; also its distribution when sampling."""
+        if self.greedy:
+            return logits.argmax(dim=-1), None
+        probs = self.probs(logits)
+        return sample(probs, self.generator), probs
 
 
 def check_probs(probs: torch.Tensor, name: str) -> None:

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal
+from typing import Iterable, Literal
 
 import torch
 from transformers import PreTrainedModel
 
+from ..drafters import Drafter, Proposal, Verified, as_drafter
 from .greedy import greedy_verify_tensors
 from .kv_cache import ModelRunner, max_positions
-from .models import check_same_vocab
-from .sampling import check_sampling_args, logits_to_probs, rejection_verify_tensors, sample
-
-# A greedy-style verification rule: (draft_tokens (k,), target_logits (k+1, V)) -> (n_accepted, next_token),
-# both 0-d device tensors, like greedy_verify_tensors.
-VerifyRule = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from .sampling import Sampler, rejection_verify_tensors
 
 
 @dataclass
@@ -31,8 +27,8 @@ class StepRecord:
 
     @property
     def bonus(self) -> bool:
-        """True when every draft token passed, so next_token is the free bonus token."""
-        return self.n_accepted == len(self.draft_tokens)
+        """True when there were drafts and every one passed, so next_token is the free bonus token."""
+        return bool(self.draft_tokens) and self.n_accepted == len(self.draft_tokens)
 
     @property
     def new_tokens(self) -> list[int]:
@@ -132,20 +128,6 @@ def _prepare_prompt(model: PreTrainedModel, input_ids: torch.Tensor, max_new_tok
     return ids.to(device=model.device, dtype=torch.long)
 
 
-def _choose(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pick a token from one row of logits: argmax at temperature 0, else a filtered sample (and its probs)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1), None
-    probs = logits_to_probs(logits, temperature, top_k, top_p)
-    return sample(probs, generator), probs
-
-
 @torch.inference_mode()
 def autoregressive_generate(
     model: PreTrainedModel,
@@ -160,69 +142,42 @@ def autoregressive_generate(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Plain decoding, one model call per token: the baseline speculative decoding must reproduce."""
-    check_sampling_args(temperature, top_k, top_p)
+    sampler = Sampler(temperature, top_k, top_p, generator)
     seq = _prepare_prompt(model, input_ids, max_new_tokens)
     eos = _eos_set(eos_token_id)
-    runner = ModelRunner(model, use_cache)
+    runner = ModelRunner(model, use_cache, croppable=False)
     for _ in range(max_new_tokens):
-        token, _ = _choose(runner.logits(seq)[-1], temperature, top_k, top_p, generator)
+        token, _ = sampler.choose(runner.logits(seq)[-1])
         seq = torch.cat([seq, token.view(1, 1)], dim=1)
         if eos and int(token) in eos:  # the only host sync, and only when an EOS can stop us
             break
     return seq
 
 
-def _draft(
-    runner: ModelRunner,
-    seq: torch.Tensor,
-    k: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Let the draft propose k tokens after seq; return them (k,) and, when sampling, their distributions (k, V)."""
-    tokens, probs = [], []
-    for _ in range(k):
-        token, q = _choose(runner.logits(seq)[-1], temperature, top_k, top_p, generator)
-        tokens.append(token.view(1))
-        probs.append(q)
-        seq = torch.cat([seq, token.view(1, 1)], dim=1)
-    draft_tokens = torch.cat(tokens) if tokens else seq.new_empty(0)
-    draft_probs = torch.stack(probs) if temperature > 0 and probs else None
-    return draft_tokens, draft_probs
-
-
 def _verify(
-    runner: ModelRunner,
-    seq: torch.Tensor,
-    draft_tokens: torch.Tensor,
-    draft_probs: torch.Tensor | None,
-    verifier: str | VerifyRule,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """One target call over seq + drafts: (n_accepted, next_token) as device scalars, and (p(x), q(x)) when sampling."""
-    k = draft_tokens.shape[0]
-    target_logits = runner.logits(torch.cat([seq, draft_tokens.view(1, -1)], dim=1), keep=k + 1)
-    if callable(verifier):
-        return (*verifier(draft_tokens, target_logits), None)
-    if verifier == "greedy":
-        return (*greedy_verify_tensors(draft_tokens, target_logits), None)
-    target_probs = logits_to_probs(target_logits, temperature, top_k, top_p)
-    if draft_probs is None:  # a greedy draft is a sampler whose q is one-hot
-        draft_probs = torch.nn.functional.one_hot(draft_tokens, target_logits.shape[-1]).float()
-    n, nxt = rejection_verify_tensors(draft_tokens, draft_probs, target_probs, generator)
+    runner: ModelRunner, seq: torch.Tensor, proposal: Proposal, rule: str, sampler: Sampler, hidden: bool
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, Verified]:
+    """One target call over seq + drafts: (n_accepted, next_token) as device scalars, (p(x), q(x)) when
+    sampling, and what the call computed for the drafter."""
+    drafts, k = proposal.tokens, proposal.tokens.shape[0]
+    first = runner.cached_length
+    logits, states = runner.forward(torch.cat([seq, drafts.view(1, -1)], dim=1), keep=k + 1, hidden=hidden)
+    verified = Verified(logits, states, first)
+    if rule == "greedy":
+        return (*greedy_verify_tensors(drafts, logits), None, verified)
+    target_probs = sampler.probs(logits)
+    draft_probs = proposal.probs
+    if draft_probs is None:  # a deterministic draft is a sampler whose q is one-hot
+        draft_probs = torch.nn.functional.one_hot(drafts, logits.shape[-1]).float()
+    n, nxt = rejection_verify_tensors(drafts, draft_probs, target_probs, sampler.generator)
     rows = torch.arange(k, device=target_probs.device)
-    return n, nxt, (target_probs[rows, draft_tokens], draft_probs[rows, draft_tokens])
+    return n, nxt, (target_probs[rows, drafts], draft_probs[rows, drafts]), verified
 
 
 @torch.inference_mode()
 def speculative_generate(
     target: PreTrainedModel,
-    draft: PreTrainedModel,
+    draft: PreTrainedModel | Drafter,
     input_ids: torch.Tensor,
     *,
     max_new_tokens: int,
@@ -233,47 +188,37 @@ def speculative_generate(
     use_cache: bool = True,
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
-    verifier: Literal["auto", "greedy", "rejection"] | VerifyRule = "auto",
+    verifier: Literal["auto", "greedy", "rejection"] = "auto",
 ) -> SpecOutput:
-    """Speculative decoding: the draft proposes k tokens, the target checks them all in one call.
+    """Speculative decoding: the draft proposes up to k tokens, the target checks them all in one call.
 
+    `draft` is a causal LM sharing the target's vocabulary, or any `specdec_lib.drafters.Drafter`.
     The output is exactly the target's greedy output at temperature 0, and distributed exactly as
     the target's samples otherwise. ``verifier="rejection"`` forces the sampling rule even at
-    temperature 0 (it then reduces to greedy); ``"greedy"`` requires temperature 0. A function with
-    greedy_verify_tensors's signature replaces the greedy rule (chapter 05 times random-weight pairs
-    with one that imposes an acceptance rate); the output is then whatever that rule makes it.
+    temperature 0 (it then reduces to greedy); ``"greedy"`` requires temperature 0.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (draft tokens per step) must be an integer >= 1, got {k!r}")
-    check_sampling_args(temperature, top_k, top_p)
-    if not callable(verifier) and verifier not in ("auto", "greedy", "rejection"):
-        raise ValueError(f"verifier must be 'auto', 'greedy', 'rejection' or a function, got {verifier!r}")
-    if (verifier == "greedy" or callable(verifier)) and temperature > 0:
-        rule = "a verifier function" if callable(verifier) else "verifier='greedy'"
-        raise ValueError(f"{rule} needs temperature=0; sampling needs the rejection rule")
-    check_same_vocab(target, draft)
-    if verifier == "auto":
-        verifier = "greedy" if temperature == 0 else "rejection"
+    sampler = Sampler(temperature, top_k, top_p, generator)
+    if verifier not in ("auto", "greedy", "rejection"):
+        raise ValueError(f"verifier must be 'auto', 'greedy' or 'rejection', got {verifier!r}")
+    if verifier == "greedy" and not sampler.greedy:
+        raise ValueError("verifier='greedy' needs temperature=0; sampling needs the rejection rule")
+    rule = "rejection" if verifier == "rejection" or not sampler.greedy else "greedy"
+    drafter = as_drafter(draft)
     seq = _prepare_prompt(target, input_ids, max_new_tokens)
     eos = _eos_set(eos_token_id)
-    draft_limit = max_positions(draft)
-    target_runner, draft_runner = ModelRunner(target, use_cache), ModelRunner(draft, use_cache)
+    runner = ModelRunner(target, use_cache)
+    drafter.start(target, seq, use_cache=use_cache)
     stats = SpecStats(k=k)
     done = max_new_tokens == 0
     while not done:
-        remaining = max_new_tokens - stats.new_tokens
-        # Draft at most remaining-1 tokens so the target's extra token never overshoots,
-        # and never feed the draft past its own context limit.
-        k_step = min(k, remaining - 1)
-        if draft_limit is not None:
-            k_step = max(0, min(k_step, draft_limit - seq.shape[1] + 1))
-        draft_tokens, draft_probs = _draft(draft_runner, seq, k_step, temperature, top_k, top_p, generator)
-        n_t, next_t, p_q = _verify(
-            target_runner, seq, draft_tokens, draft_probs, verifier, temperature, top_k, top_p, generator
-        )
+        # Draft at most remaining-1 tokens so the target's extra token never overshoots.
+        proposal = drafter.propose(seq, min(k, max_new_tokens - stats.new_tokens - 1), sampler)
+        n_t, next_t, p_q, verified = _verify(runner, seq, proposal, rule, sampler, drafter.needs_hidden_states)
         # The one host sync per step: the counts and tokens that control flow and stats need.
-        n, next_token, *drafted = torch.cat([n_t.view(1), next_t.view(1), draft_tokens]).tolist()
-        seq = torch.cat([seq, draft_tokens[:n].view(1, -1), next_t.view(1, 1)], dim=1)
+        n, next_token, *drafted = torch.cat([n_t.view(1), next_t.view(1), proposal.tokens]).tolist()
+        seq = torch.cat([seq, proposal.tokens[:n].view(1, -1), next_t.view(1, 1)], dim=1)
         record = StepRecord(drafted, n, next_token)
         if p_q is not None:
             record.p_draft, record.q_draft = p_q[0].tolist(), p_q[1].tolist()
@@ -281,13 +226,13 @@ def speculative_generate(
         if done:
             seq = seq[:, : seq.shape[1] - (n + 1 - len(new))]
         stats.steps.append(record)
-        stats.proposed.append(k_step)
+        stats.proposed.append(len(drafted))
         stats.accepted.append(n)
         stats.new_tokens += len(new)
         done = done or stats.new_tokens >= max_new_tokens
         # Rollback: keep only cache entries of tokens that are still in seq. The newest token
-        # (correction or bonus) has not been fed to either model yet.
-        target_runner.rollback(seq.shape[1] - 1)
-        draft_runner.rollback(seq.shape[1] - 1)
-    stats.target_calls, stats.draft_calls = target_runner.calls, draft_runner.calls
+        # (correction or bonus) has not been fed to the target yet.
+        runner.rollback(seq.shape[1] - 1)
+        drafter.update(seq, n, verified)
+    stats.target_calls, stats.draft_calls = runner.calls, drafter.calls
     return SpecOutput(sequences=seq, stats=stats)

@@ -1,8 +1,8 @@
 """Chapter 06: train a small draft for the embedded target by self-distillation.
 
-    python -m specdec_lib.train_draft data  --out corpus.pt          # the target's generations (~25 CPU-min)
-    python -m specdec_lib.train_draft train --data corpus.pt --out my_draft
-    python -m specdec_lib.train_draft eval  --drafts trained,int8   # held-out agreement and c
+    python -m specdec_lib.training data  --out corpus.pt          # the target's generations (~25 CPU-min)
+    python -m specdec_lib.training train --data corpus.pt --out my_draft
+    python -m specdec_lib.training eval  --drafts trained,int8   # held-out agreement and c
 
 The exact commands behind the shipped draft are in specdec_lib/assets/smollm2_draft/README.md.
 """
@@ -23,13 +23,24 @@ import torch
 from tqdm.auto import tqdm, trange
 from transformers import PreTrainedModel
 
-from .distill_data import Sample, generate_corpus, load_corpus, save_corpus
+from ..bench.theory import expected_speedup, optimal_k
+from ..bench.timing import measure_cost_ratio
+from ..loop.generate import autoregressive_generate
+from ..bench.args import (
+    existing_files,
+    int_list,
+    library_errors_to_usage,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    writable_path,
+)
+from ..models import load_smollm2, smollm2_draft
+from ..models.pairs import TRAINED_DRAFT, stand_in_draft_check
+from ..models.cpu_kernels import use_small_batch_linear
+from .corpus import Sample, generate_corpus, load_corpus, save_corpus
 from .draft_model import RestrictedVocabLlama, draft_from_target, save_draft
-from .generate import autoregressive_generate
-from .cpu_linear import use_small_batch_linear
-from .models import load_smollm2, smollm2_draft
 from .prompts import HELDOUT_PROMPTS, training_prompts
-from .theory import expected_speedup, measure_cost_ratio, optimal_k
 
 
 def choose_vocab(samples: list[Sample], size: int) -> torch.Tensor:
@@ -190,7 +201,9 @@ def _data(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     """Distil a draft from the saved corpus and write it, with its training log, to --out."""
     target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
-    paths = args.data.split(",")
+    if max(args.layers) >= target.config.num_hidden_layers:
+        raise ValueError(f"--layers: the target has layers 0..{target.config.num_hidden_layers - 1}, got {args.layers}")
+    paths = args.data
     samples = [s for path in paths for s in load_corpus(path)]
     held_path = Path(paths[0]).with_suffix(".heldout.pt")
     if held_path.exists():
@@ -199,7 +212,7 @@ def _train(args: argparse.Namespace) -> None:
         held_out = held_out_set(target, tokenizer, HELDOUT_PROMPTS)
         torch.save(held_out.__dict__, held_path)
     config = TrainConfig(
-        layers=tuple(int(i) for i in args.layers.split(",")), vocab_size=args.vocab_size, steps=args.steps,
+        layers=tuple(args.layers), vocab_size=args.vocab_size, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
     )
     start = time.perf_counter()
@@ -207,7 +220,7 @@ def _train(args: argparse.Namespace) -> None:
     minutes = (time.perf_counter() - start) / 60
     save_draft(draft, args.out)
     record = {
-        "command": "python -m specdec_lib.train_draft " + " ".join(sys.argv[1:]),
+        "command": "python -m specdec_lib.training " + " ".join(sys.argv[1:]),
         "config": asdict(config),
         "corpus": {"sequences": len(samples), "target_tokens": sum(len(s.topk_ids) for s in samples)},
         "vocab_coverage": vocab_coverage(samples, draft.vocab_ids.cpu()),
@@ -226,7 +239,7 @@ def _eval(args: argparse.Namespace) -> None:
     seq, n = held_out.sequences[0][None], held_out.n_prompt[0]
     print(f"{len(HELDOUT_PROMPTS)} held-out prompts x {args.max_new_tokens} greedy tokens of the target")
     print(f"{'draft':<10}{'agreement':>10}{'c':>7}{'best K':>8}{'predicted':>11}  about")
-    for kind in args.drafts.split(","):
+    for kind in args.drafts:
         draft, about = smollm2_draft(target, kind)
         use_small_batch_linear(draft)
         alpha = greedy_agreement(draft, held_out)
@@ -237,39 +250,54 @@ def _eval(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m specdec_lib.train_draft", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m specdec_lib.training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    common.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (default 0: torch's choice)")
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", parents=[common], help="generate the target's continuations and top-k logits")
-    data.add_argument("--minutes", type=float, default=60.0, help="stop after this long (default 60)")
-    data.add_argument("--batch-size", type=int, default=32)
-    data.add_argument("--max-new-tokens", type=int, default=96)
+    data.add_argument("--minutes", type=positive_float, default=60.0, help="stop after this long (default 60)")
+    data.add_argument("--batch-size", type=positive_int, default=32)
+    data.add_argument("--max-new-tokens", type=positive_int, default=96)
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--start", type=int, default=0, help="skip the first START prompts (to extend a corpus)")
-    data.add_argument("--max-prompts", type=int, default=None, help="use at most this many prompts")
-    data.add_argument("--out", required=True)
+    data.add_argument("--start", type=non_negative_int, default=0, help="skip the first START prompts (to extend a corpus)")
+    data.add_argument("--max-prompts", type=positive_int, default=None, help="use at most this many prompts")
+    data.add_argument("--out", type=writable_path, required=True)
     data.set_defaults(run=_data)
     fit = sub.add_parser("train", parents=[common], help="distil a draft from a corpus made by `data`")
-    fit.add_argument("--data", required=True, help="corpus file(s) from `data`, comma-separated")
-    fit.add_argument("--layers", default="0,1", help="target layers the draft starts from (default: 0,1)")
-    fit.add_argument("--vocab-size", type=int, default=8192)
-    fit.add_argument("--steps", type=int, default=1000)
-    fit.add_argument("--batch-size", type=int, default=16)
-    fit.add_argument("--lr", type=float, default=1e-3)
-    fit.add_argument("--eval-every", type=int, default=100)
+    fit.add_argument("--data", type=existing_files, required=True, help="corpus file(s) from `data`, comma-separated")
+    fit.add_argument("--layers", type=int_list, default=[0, 1], help="target layers the draft starts from (default: 0,1)")
+    fit.add_argument("--vocab-size", type=positive_int, default=8192)
+    fit.add_argument("--steps", type=positive_int, default=1000)
+    fit.add_argument("--batch-size", type=positive_int, default=16)
+    fit.add_argument("--lr", type=positive_float, default=1e-3)
+    fit.add_argument("--eval-every", type=positive_int, default=100)
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--out", required=True)
+    fit.add_argument("--out", type=writable_path, required=True, help="folder to write the draft into")
     fit.set_defaults(run=_train)
     score = sub.add_parser("eval", parents=[common], help="score drafts of the SmolLM2 target on the held-out prompts")
-    score.add_argument("--drafts", default="trained,int8,layers8,bf16", help="comma-separated draft names")
-    score.add_argument("--max-new-tokens", type=int, default=64)
+    score.add_argument("--drafts", type=_draft_names, default="trained,int8,layers8,bf16", help="comma-separated draft names")
+    score.add_argument("--max-new-tokens", type=positive_int, default=64)
     score.set_defaults(run=_eval)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.run(args)
+    with library_errors_to_usage(parser):
+        args.run(args)
+
+
+def _draft_names(text: str) -> list[str]:
+    """Comma-separated draft names of the SmolLM2 target: 'trained' or stand-ins that run on a CPU."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"takes comma-separated draft names, got {text!r}")
+    for name in names:
+        if name != TRAINED_DRAFT:
+            try:
+                stand_in_draft_check(name, torch.device("cpu"))
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+    return names
 
 
 if __name__ == "__main__":

@@ -1,0 +1,157 @@
+"""The benchmark's command line: `python -m specdec_lib.bench` sweeps K; `... bench compare` times four methods.
+
+    python -m specdec_lib.bench --preset smollm2 --k 1,2,4,8 --out r.json --plot r.png
+    python -m specdec_lib.bench --preset seed-gpt2 --alpha docs/results/cpu_smollm2.json --k 1,2
+    python -m specdec_lib.bench compare --pair tiny-gpt2 --max-new-tokens 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from ..models import load_pair, pick_device
+from ..models.cpu_kernels import fast_on_cpu
+from ..testing import tiny_gpt2_pair
+from ..training.prompts import DEFAULT_PROMPTS, load_prompts
+from ..viz.plots import plot_k_sweep
+from .args import (
+    device,
+    existing_file,
+    library_errors_to_usage,
+    non_negative_float,
+    positive_int,
+    positive_int_list,
+    writable_path,
+)
+from .report import device_name, format_report, pooled_alpha_c
+from .runs import BenchResult, benchmark, sweep_k
+from .seed_pair import SEED_PAIR_NAME, read_alpha, seed_sized_pair
+from .theory import optimal_k
+
+
+
+def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel, object, str]:
+    """The pair the command line asks for, on the requested device and dtype."""
+    dtype = getattr(torch, args.dtype)
+    if args.preset == "tiny-gpt2":
+        target, draft = tiny_gpt2_pair()
+        device = pick_device(args.device)
+        target, draft = target.to(device, dtype), draft.to(device, dtype)
+        if args.cpu_kernels:
+            fast_on_cpu(target, draft)
+        return target, draft, None, "tiny random GPT-2-style pair (4x256) + noisy copy"
+    if args.preset == "seed-gpt2":
+        return *seed_sized_pair(pick_device(args.device), dtype, args.cpu_kernels), None, SEED_PAIR_NAME
+    pair = load_pair(None if args.target else args.preset, target=args.target, draft=args.draft,
+                     device=args.device, dtype=dtype, cpu_kernels=args.cpu_kernels)
+    return pair.target, pair.draft, pair.tokenizer, pair.name
+
+
+def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
+    """Sweep k for a model pair; print a table, and optionally write JSON and a plot. `compare ...` runs compare."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m specdec_lib.bench", description=main.__doc__,
+        epilog="python -m specdec_lib.bench compare --help: the four-way timing of chapter 04")
+    parser.add_argument("--preset", choices=["smollm2", "gpt2", "tiny-gpt2", "seed-gpt2"], default="smollm2",
+                        help="seed-gpt2: gpt2-medium / gpt2 sizes with random weights, for timing with --alpha")
+    parser.add_argument("--target", help="hub name or path of a target model (with --draft)")
+    parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default) or a stand-in such as int8")
+    parser.add_argument("--k", type=positive_int_list, default=[1, 2, 4, 6, 8], help="comma-separated, e.g. 1,2,4,8")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 (default) is greedy")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--prompts", type=existing_file,
+                        help="file of prompts: a JSON list, or one per line (\\n for newlines)")
+    parser.add_argument("--num-prompts", type=positive_int, default=None, help="use only the first N prompts")
+    parser.add_argument("--repeats", type=positive_int, default=2)
+    parser.add_argument("--device", type=device, default=None, help="cpu, cuda or mps (default: best available)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--out", type=writable_path, help="write every run as JSON here")
+    parser.add_argument("--plot", type=writable_path, help="write the speedup plots (PNG) here")
+    parser.add_argument("--no-cpu-kernels", dest="cpu_kernels", action="store_false",
+                        help="keep PyTorch's stock CPU kernels (see specdec_lib.models.cpu_kernels)")
+    parser.add_argument("--alpha", help="impose this acceptance rate instead of checking drafts (timing only): "
+                        "a number, or a bench JSON of a real pair whose pooled alpha to use; needed by seed-gpt2")
+    args = parser.parse_args(argv)
+    imposed, alpha_source = None, None
+    if args.alpha is not None:
+        with library_errors_to_usage(parser, "--alpha"):
+            imposed, alpha_source = read_alpha(args.alpha)
+        if args.temperature > 0:
+            parser.error("--alpha replaces the greedy check, so it needs --temperature 0")
+    elif args.preset == "seed-gpt2":
+        parser.error("--preset seed-gpt2 has random weights, so its draft never agrees: give --alpha, a number "
+                     "or a bench JSON of a real pair (e.g. docs/results/cpu_smollm2.json)")
+    with library_errors_to_usage(parser, "--prompts"):
+        texts = load_prompts(args.prompts)[: args.num_prompts]
+    torch.manual_seed(0)
+    with library_errors_to_usage(parser, "--target/--draft" if args.target else "--preset/--draft"):
+        target, draft, tokenizer, name = _load(args)
+    if imposed is not None:
+        name += f"\nacceptance IMPOSED at alpha {imposed:.3f} ({alpha_source}), not checked"
+    if tokenizer is None:  # the random pairs have no tokenizer: random prompts of 8 tokens
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(0, target.config.vocab_size, (1, 8), generator=gen) for _ in texts]
+        texts = [f"<random prompt {i}: {p.tolist()[0]}>" for i, p in enumerate(prompts)]
+    else:
+        prompts = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
+    print(f"{name}\ndevice {target.device}, {args.dtype}, temperature {args.temperature}, "
+          f"{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
+    runs = sweep_k(target, draft, prompts, args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                   temperature=args.temperature, impose_alpha=imposed)
+    alpha, c = pooled_alpha_c(runs)
+    best = max(runs, key=lambda r: r["speedup"])
+    report = {
+        "pair": name, "device": str(target.device), "device_name": device_name(target.device),
+        "dtype": args.dtype, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats, "prompts": texts, "alpha_imposed": imposed, "alpha_source": alpha_source,
+        "alpha": alpha, "c": c, "cpu_kernels": args.cpu_kernels,
+        "best_k_measured": best["k"], "best_k_predicted": optimal_k(alpha, c), "runs": runs,
+    }
+    print(format_report(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print("wrote", args.out)
+    if args.plot:
+        plot_k_sweep(runs, alpha, c, title=f"{name} ({device_name(target.device)})").savefig(args.plot, dpi=120)
+        print("wrote", args.plot)
+    return report
+
+
+def compare(argv: Sequence[str] | None = None) -> BenchResult:
+    """Time the four decoding methods on one pair and print the table and the ratios."""
+    parser = argparse.ArgumentParser(prog="python -m specdec_lib.bench compare", description=compare.__doc__)
+    parser.add_argument("--pair", choices=["tiny-gpt2", "smollm2"], default="smollm2")
+    parser.add_argument("--k", type=positive_int, default=4)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--prompts", type=positive_int, default=2, help="how many built-in prompts to use")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face assisted generation")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    if args.pair == "tiny-gpt2":
+        target, draft = tiny_gpt2_pair()
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(0, target.config.vocab_size, (1, 8), generator=gen) for _ in range(args.prompts)]
+    else:
+        with library_errors_to_usage(parser, "--pair"):
+            target, draft, tokenizer, name = load_pair("smollm2")
+        print(name)
+        prompts = [tokenizer(p, return_tensors="pt").input_ids for p in DEFAULT_PROMPTS[: args.prompts]]
+    result = benchmark(target, draft, prompts, k=args.k, max_new_tokens=args.max_new_tokens,
+                       repeats=args.repeats, include_hf=not args.no_hf)
+    print(f"pair {args.pair}, k={args.k}, {args.max_new_tokens} new tokens x {len(prompts)} prompts, "
+          f"median of {args.repeats} round-robin repeats, device {target.device}")
+    print(result.table())
+    print(result.summary())
+    print("outputs identical across methods:", result.outputs_agree)
+    return result

@@ -1,0 +1,245 @@
+"""Chapters 04-05: time target-only decoding, our speculative loop (uncached and cached) and HF assisted generation."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm, trange
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from ..loop.generate import SpecStats, autoregressive_generate, pool_steps, speculative_generate
+from .seed_pair import ImposedAcceptance
+from .theory import estimate_alpha, expected_speedup, expected_tokens_per_step
+from .timing import measure_cost_ratio, stopwatch
+
+METHODS = ("target only (cached)", "speculative, uncached", "speculative, cached", "HF assisted generation")
+
+
+@dataclass
+class MethodResult:
+    """Timings of one decoding method over all prompts."""
+
+    name: str
+    seconds: list[float]  # one entry per timed repeat, over all prompts
+    new_tokens: int  # per repeat
+    target_calls: int | None = None
+    acceptance: float | None = None
+    outputs: list[torch.Tensor] = field(default_factory=list, repr=False)
+    stats: list[SpecStats] = field(default_factory=list, repr=False)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """New tokens per second, from the median repeat."""
+        return self.new_tokens / statistics.median(self.seconds)
+
+
+@dataclass
+class BenchResult:
+    """All methods' results on one pair, prompt set and k, plus the speedup model's inputs."""
+
+    k: int
+    max_new_tokens: int
+    methods: dict[str, MethodResult]
+    alpha: float
+    c: float
+
+    def ratio(self, name: str, baseline: str = METHODS[0]) -> float:
+        """Tokens/s of method `name` over tokens/s of `baseline`."""
+        return self.methods[name].tokens_per_s / self.methods[baseline].tokens_per_s
+
+    @property
+    def predicted_speedup(self) -> float:
+        """Leviathan et al.'s formula with the measured alpha and c."""
+        return expected_speedup(self.alpha, self.k, self.c)
+
+    @property
+    def outputs_agree(self) -> bool:
+        """Whether every method produced the same tokens for every prompt."""
+        ref = self.methods[METHODS[0]].outputs
+        return all(
+            len(m.outputs) == len(ref) and all(torch.equal(a, b) for a, b in zip(m.outputs, ref))
+            for m in self.methods.values()
+        )
+
+    def table(self) -> str:
+        """A plain-text table of the results, one row per method."""
+        lines = [f"{'method':<26}{'tokens/s':>10}{'vs target':>11}{'target calls':>14}{'acceptance':>12}"]
+        for name, m in self.methods.items():
+            calls = "" if m.target_calls is None else str(m.target_calls)
+            acc = "" if m.acceptance is None else f"{m.acceptance:.3f}"
+            lines.append(f"{name:<26}{m.tokens_per_s:>10.1f}{self.ratio(name):>10.2f}x{calls:>14}{acc:>12}")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """The ratios the tutorial reports, one per line."""
+        spec, uncached = METHODS[2], METHODS[1]
+        measured = self.ratio(spec)
+        lines = [
+            f"cached / uncached speculative loop: {self.ratio(spec, uncached):.2f}x",
+            f"speculative (cached) vs target only: {measured:.2f}x",
+        ]
+        if METHODS[3] in self.methods:
+            lines.append(f"ours / HF assisted generation:     {self.ratio(spec, METHODS[3]):.2f}x")
+        lines.append(
+            f"alpha {self.alpha:.3f}, c {self.c:.3f}, k {self.k}: predicted {self.predicted_speedup:.2f}x, "
+            f"measured/predicted {measured / self.predicted_speedup:.2f}"
+        )
+        return "\n".join(lines)
+
+
+def hf_assisted_generate(
+    target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int
+) -> torch.Tensor:
+    """transformers' assisted generation, greedy, with a constant k and no confidence threshold (like ours)."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    # transformers reads the drafting schedule from the *assistant's* generation config.
+    saved = copy.deepcopy(draft.generation_config)
+    draft.generation_config.num_assistant_tokens = k
+    draft.generation_config.num_assistant_tokens_schedule = "constant"
+    draft.generation_config.assistant_confidence_threshold = 0.0
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its internal draft generate() warns about its own arguments
+    try:
+        ids = input_ids.to(target.device)
+        return target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=draft, generation_config=config)
+    finally:
+        draft.generation_config = saved
+        hf_logging.set_verbosity(verbosity)
+
+
+def _timed(run: Callable[[int], tuple], n_prompts: int, device: torch.device) -> tuple[float, list, list]:
+    """One pass of `run` over prompts 0..n_prompts-1: (seconds, outputs, stats), synchronized on CUDA."""
+    seconds, results = stopwatch(lambda: [run(i) for i in range(n_prompts)], device)
+    outputs, stats = zip(*results)
+    return seconds, list(outputs), list(stats)
+
+
+def benchmark(
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
+    prompts: Sequence[torch.Tensor],
+    *,
+    k: int = 4,
+    max_new_tokens: int = 64,
+    repeats: int = 3,
+    include_hf: bool = True,
+    include_uncached: bool = True,
+    temperature: float = 0.0,
+    seed: int = 0,
+    impose_alpha: float | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """Time the decoding methods on the same pair, prompts and k, in this one process.
+
+    Greedy by default; with temperature > 0 every run samples from a generator seeded with `seed`
+    (HF assisted generation is then left out: its sampling draws differ from ours). With
+    `impose_alpha` the speculative loops run against `seed_pair.ImposedAcceptance(target)`, which
+    accepts each draft token with that probability: for timing random-weight pairs, greedy only, HF left out.
+    """
+    if impose_alpha is not None and temperature > 0:
+        raise ValueError("an imposed acceptance rate replaces the greedy check; it needs temperature 0")
+    device = target.device
+    prompts = [p.to(device).view(1, -1) for p in prompts]
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature)
+
+    def seeded() -> dict:
+        return dict(sampling, generator=torch.Generator(device=device).manual_seed(seed))
+
+    def spec_target(i: int) -> PreTrainedModel | ImposedAcceptance:
+        if impose_alpha is None:
+            return target
+        # Seeded per prompt: each prompt gets its own accept/reject pattern, the same in every
+        # repeat and method, so that repeats do the same work.
+        return ImposedAcceptance(target, impose_alpha, torch.Generator(device=device).manual_seed(seed + i))
+
+    # Each run decodes prompt i and returns (sequences, stats or None).
+    runs: dict[str, Callable[[int], tuple]] = {
+        METHODS[0]: lambda i: (autoregressive_generate(target, prompts[i], **seeded()), None)}
+    for name, use_cache in ((METHODS[1], False), (METHODS[2], True)):
+        if use_cache or include_uncached:
+            runs[name] = lambda i, use_cache=use_cache: _spec(spec_target(i), draft, prompts[i], k, use_cache, **seeded())
+    if include_hf and temperature == 0 and impose_alpha is None:
+        runs[METHODS[3]] = lambda i: (
+            hf_assisted_generate(target, draft, prompts[i], max_new_tokens=max_new_tokens, k=k), None)
+    for run in runs.values():  # warm-up: first calls allocate caches and pick kernels
+        run(0)
+    passes: dict[str, list] = {name: [] for name in runs}
+    # Round-robin over methods in every repeat, so a slow spell of a noisy machine hits all of them.
+    for _ in trange(repeats, desc="benchmark repeats", leave=False, disable=not progress):
+        for name, run in runs.items():
+            passes[name].append(_timed(run, len(prompts), device))
+    methods = {}
+    for name, timed in passes.items():
+        seconds, (_, outputs, stats) = [t[0] for t in timed], timed[-1]
+        new_tokens = sum(o.shape[1] - p.shape[1] for o, p in zip(outputs, prompts))
+        result = MethodResult(name, seconds, new_tokens, outputs=outputs)
+        if stats[0] is not None:
+            result.stats = stats
+            result.target_calls = sum(s.target_calls for s in stats)
+            proposed, accepted = pool_steps(stats)
+            result.acceptance = sum(accepted) / sum(proposed)
+        elif name == METHODS[0]:
+            result.target_calls = new_tokens
+        methods[name] = result
+    spec = methods[METHODS[2]]
+    alpha = estimate_alpha(*pool_steps(spec.stats))
+    # c at the cache lengths of the real run: from the first prompt's start to its end.
+    c = measure_cost_ratio(target, draft, spec.outputs[0], at_lengths=_spread(prompts[0].shape[1], spec.outputs[0].shape[1]))
+    return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c)
+
+
+def _spread(start: int, end: int, n: int = 3) -> list[int]:
+    """n cache lengths spread evenly from start to end-1."""
+    return sorted({start + (end - 1 - start) * i // max(n - 1, 1) for i in range(n)})
+
+
+def _spec(
+    target: PreTrainedModel | ImposedAcceptance, draft: PreTrainedModel, prompt: torch.Tensor, k: int, use_cache: bool,
+    **kwargs,
+) -> tuple[torch.Tensor, SpecStats]:
+    """One speculative run, as (sequences, stats)."""
+    out = speculative_generate(target, draft, prompt, k=k, use_cache=use_cache, **kwargs)
+    return out.sequences, out.stats
+
+
+def sweep_k(
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
+    prompts: Sequence[torch.Tensor],
+    ks: Sequence[int],
+    *,
+    max_new_tokens: int = 64,
+    repeats: int = 3,
+    temperature: float = 0.0,
+    impose_alpha: float | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Benchmark the cached loop against the target alone for each k; one JSON-ready dict per k."""
+    runs = []
+    for k in tqdm(ks, desc="k sweep", disable=not progress):
+        r = benchmark(target, draft, prompts, k=k, max_new_tokens=max_new_tokens, repeats=repeats,
+                      include_hf=False, include_uncached=False, temperature=temperature,
+                      impose_alpha=impose_alpha, progress=progress)
+        spec, base = r.methods[METHODS[2]], r.methods[METHODS[0]]
+        runs.append({
+            "k": k,
+            "tokens_per_s": spec.tokens_per_s,
+            "target_only_tokens_per_s": base.tokens_per_s,
+            "speedup": r.ratio(METHODS[2]),
+            "alpha": r.alpha,
+            "c": r.c,
+            "acceptance_rate": spec.acceptance,
+            "target_calls": spec.target_calls,
+            "new_tokens": spec.new_tokens,
+            "tokens_per_target_call": spec.new_tokens / spec.target_calls,
+            "predicted_speedup": r.predicted_speedup,
+            "predicted_tokens_per_target_call": expected_tokens_per_step(r.alpha, k),
+            # Only a greedy, checked run must reproduce the target; an imposed alpha makes other tokens by design.
+            "outputs_match_target": r.outputs_agree if temperature == 0 and impose_alpha is None else None,
+        })
+    return runs

@@ -1,0 +1,105 @@
+"""The library's one timer: wall-clock seconds synchronised on CUDA, several calls taken in turns.
+
+Every timing in the course goes through here (the benchmark, c, verification costs, the
+notebooks), so a GPU's queued work is always waited for and machine noise hits every contender alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import torch
+from transformers import PreTrainedModel
+
+from ..loop.kv_cache import ModelRunner
+
+T = TypeVar("T")
+
+
+def sync_device(device: torch.device | str) -> None:
+    """Wait for queued GPU work so wall-clock timings are honest."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def stopwatch(fn: Callable[[], T], device: torch.device | str = "cpu") -> tuple[float, T]:
+    """Run fn once; return (seconds, its result), with the device synchronised before and after."""
+    sync_device(device)
+    start = time.perf_counter()
+    result = fn()
+    sync_device(device)
+    return time.perf_counter() - start, result
+
+
+def median_seconds(
+    calls: Mapping[T, Callable[[], Any]], device: torch.device | str = "cpu", repeats: int = 5, warmup: int = 1
+) -> dict[T, float]:
+    """Median seconds of each call over `repeats` rounds, the calls taking turns within each round.
+
+    Interleaving means a slow spell of a busy machine slows every call alike, so their ratios hold
+    even when the absolute figures swing. The first `warmup` rounds (allocation, kernel choice) don't count.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    times: dict[T, list[float]] = {name: [] for name in calls}
+    for i in range(warmup + repeats):
+        for name, call in calls.items():
+            elapsed, _ = stopwatch(call, device)
+            if i >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _cached_call(model: PreTrainedModel, prefix: torch.Tensor, n_new: int = 1) -> Callable[[], None]:
+    """A function making one cached forward pass over `n_new` tokens after `prefix`, at a fixed cache length."""
+    runner = ModelRunner(model, use_cache=True)
+    prefix = prefix.to(model.device)
+    runner.logits(prefix)  # fill the cache
+    step = torch.cat([prefix, prefix[:, -1:].repeat(1, n_new)], dim=1)
+
+    def call() -> None:
+        runner.logits(step, keep=n_new)
+        runner.rollback(prefix.shape[1])  # same cache length every call
+
+    return call
+
+
+@torch.inference_mode()
+def measure_cost_ratio(
+    target: PreTrainedModel,
+    draft: PreTrainedModel,
+    sequence: torch.Tensor,
+    at_lengths: Sequence[int] | None = None,
+    n_calls: int = 15,
+) -> float:
+    """c: median time of one cached draft call over one cached target call, averaged over cache lengths.
+
+    `sequence` (1, L) is a real run's text; `at_lengths` are the cache lengths to measure at
+    (default: L - 1). Draft and target calls alternate, so machine noise hits both alike.
+    """
+    sequence = sequence.view(1, -1)
+    ratios = []
+    for length in at_lengths or [sequence.shape[1] - 1]:
+        prefix = sequence[:, : max(1, min(length, sequence.shape[1] - 1))]
+        calls = {"draft": _cached_call(draft, prefix), "target": _cached_call(target, prefix)}
+        median = median_seconds(calls, target.device, repeats=n_calls, warmup=2)
+        ratios.append(median["draft"] / median["target"])
+    return statistics.fmean(ratios)
+
+
+@torch.inference_mode()
+def verify_cost_ratios(
+    model: PreTrainedModel, prefix: torch.Tensor, n_new: Sequence[int] = (1, 2, 3, 5), n_calls: int = 10
+) -> dict[int, float]:
+    """Time of one cached call over n new tokens, in single-token calls; the formula assumes 1.0 for K+1 tokens."""
+    if not n_new or min(n_new) < 1:
+        raise ValueError(f"n_new must list token counts >= 1, got {n_new!r}")
+    prefix = prefix.view(1, -1)
+    calls = {n: _cached_call(model, prefix, n) for n in sorted({1, *n_new})}
+    median = median_seconds(calls, model.device, repeats=n_calls, warmup=2)
+    return {n: median[n] / median[1] for n in n_new}

@@ -1,0 +1,24 @@
+"""Drafters: whatever proposes the tokens the target verifies. One kind of draft per file.
+
+- base: the `Drafter` protocol the loop talks to, with `Proposal` and `Verified`
+- model: `ModelDrafter`, a small causal LM with its own KV cache (chapters 01-06)
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Drafter, Proposal, Verified
+from .model import ModelDrafter, check_same_vocab
+
+
+def as_drafter(draft: Drafter | nn.Module) -> Drafter:
+    """A drafter as given, or a plain draft model wrapped in a ModelDrafter."""
+    if isinstance(draft, nn.Module) and hasattr(draft, "config"):
+        return ModelDrafter(draft)
+    if isinstance(draft, Drafter):
+        return draft
+    raise TypeError(f"draft must be a causal LM or a Drafter (start/propose/update), got {type(draft).__name__}")
+
+
+__all__ = ["Drafter", "ModelDrafter", "Proposal", "Verified", "as_drafter", "check_same_vocab"]

@@ -1,0 +1,88 @@
+"""Every command line, every flag, a bad value: exit status 2, one argparse error line naming the flag, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from specdec_lib.bench.cli import main as bench
+from specdec_lib.training.train_draft import main as training
+
+NO_DIR = "/nonexistent-folder/out.json"
+
+# (command, argv, the flag the error must name). Each value fails before any model loads, except
+# where a comment says it fails at load time (still before any decoding).
+BENCH = [
+    ("--preset", ["--preset", "nope"]),
+    ("--target", ["--target", "/nonexistent-model", "--draft", "/nonexistent-draft"]),  # at load: no such model
+    ("--draft", ["--draft", "nope"]),  # at load: not a SmolLM2 draft
+    ("--k", ["--k", "0"]),
+    ("--k", ["--k", "abc"]),
+    ("--temperature", ["--temperature", "-1"]),
+    ("--temperature", ["--temperature", "nan"]),
+    ("--max-new-tokens", ["--max-new-tokens", "0"]),
+    ("--prompts", ["--prompts", "/nonexistent.txt"]),
+    ("--num-prompts", ["--num-prompts", "-3"]),
+    ("--repeats", ["--repeats", "zero"]),
+    ("--device", ["--device", "tpu"]),
+    ("--device", ["--device", "cuda:7"]),
+    ("--dtype", ["--dtype", "float8"]),
+    ("--out", ["--out", NO_DIR]),
+    ("--plot", ["--plot", NO_DIR]),
+    ("--alpha", ["--alpha", "1.5"]),
+    ("--alpha", ["--alpha", "/nonexistent.json"]),
+    ("--alpha", ["--alpha", "0.5", "--temperature", "1"]),
+]
+COMPARE = [
+    ("--pair", ["--pair", "nope"]),
+    ("--k", ["--k", "0"]),
+    ("--max-new-tokens", ["--max-new-tokens", "-1"]),
+    ("--prompts", ["--prompts", "0"]),
+    ("--repeats", ["--repeats", "1.5"]),
+]
+TRAINING = [
+    ("--threads", ["data", "--out", "/tmp/c.pt", "--threads", "-1"]),
+    ("--minutes", ["data", "--out", "/tmp/c.pt", "--minutes", "0"]),
+    ("--batch-size", ["data", "--out", "/tmp/c.pt", "--batch-size", "0"]),
+    ("--max-new-tokens", ["data", "--out", "/tmp/c.pt", "--max-new-tokens", "x"]),
+    ("--seed", ["data", "--out", "/tmp/c.pt", "--seed", "1.5"]),
+    ("--start", ["data", "--out", "/tmp/c.pt", "--start", "-1"]),
+    ("--max-prompts", ["data", "--out", "/tmp/c.pt", "--max-prompts", "0"]),
+    ("--out", ["data", "--out", NO_DIR]),
+    ("--data", ["train", "--out", "/tmp/d", "--data", "/nonexistent.pt"]),
+    ("--layers", ["train", "--out", "/tmp/d", "--data", __file__, "--layers", "0,-1"]),
+    ("--vocab-size", ["train", "--out", "/tmp/d", "--data", __file__, "--vocab-size", "0"]),
+    ("--steps", ["train", "--out", "/tmp/d", "--data", __file__, "--steps", "ten"]),
+    ("--lr", ["train", "--out", "/tmp/d", "--data", __file__, "--lr", "-0.1"]),
+    ("--eval-every", ["train", "--out", "/tmp/d", "--data", __file__, "--eval-every", "0"]),
+    ("--out", ["train", "--data", __file__, "--out", NO_DIR]),
+    ("--drafts", ["eval", "--drafts", "trained,nope"]),
+    ("--max-new-tokens", ["eval", "--max-new-tokens", "0"]),
+]
+CASES = ([("bench", bench, flag, argv) for flag, argv in BENCH]
+         + [("bench compare", bench, flag, ["compare", *argv]) for flag, argv in COMPARE]
+         + [("training", training, flag, argv) for flag, argv in TRAINING])
+
+
+@pytest.mark.parametrize("command, main, flag, argv", CASES, ids=[f"{c[0]} {' '.join(c[3])}" for c in CASES])
+def test_bad_value_is_one_usage_error(command, main, flag, argv, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("usage:") and "error:" in lines[-1]
+    assert flag in lines[-1], lines[-1]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--prompts", "/nonexistent.txt"], ["--temperature", "-1"], ["--device", "tpu"]])
+def test_reported_cases_end_cleanly_from_the_shell(argv):
+    """The three cases the issue reported, as a learner types them: status 2, no traceback."""
+    done = subprocess.run([sys.executable, "-m", "specdec_lib.bench", *argv], capture_output=True, text=True,
+                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"error: argument {argv[0]}:" in done.stderr.strip().splitlines()[-1]
