@@ -71,3 +71,33 @@ def test_compare_cli_runs_all_four_methods(capsys):
     result = compare(["--pair", "tiny-gpt2", "--k", "2", "--max-new-tokens", "8", "--repeats", "1"])
     assert result.outputs_agree and len(result.methods) == 4
     assert "ours / HF assisted generation" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, hf_method",
+    [(["--draft", "prompt-lookup"], "HF prompt lookup"),
+     (["--confidence-threshold", "0.4", "--schedule", "heuristic"], "HF assisted generation")],
+    ids=["prompt-lookup", "dynamic-k"],
+)
+def test_cli_times_other_drafters_next_to_transformers(tmp_path, flags, hf_method):
+    """--draft prompt-lookup and --confidence-threshold/--schedule run through the same sweep, with --hf beside."""
+    out = tmp_path / "r.json"
+    report = main(["--preset", "tiny-gpt2", "--k", "2,4", "--max-new-tokens", "24", "--num-prompts", "2",
+                   "--repeats", "1", "--hf", *flags, "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    for r in report["runs"]:
+        assert r["outputs_match_target"] is True  # ours equal the target's tokens
+        assert r["hf_outputs_match_target"] is True  # and so do transformers' (no near-ties in a tiny random model)
+        assert r["hf_method"] == hf_method and r["hf_speedup"] > 0
+        assert (r["c"] == 0.0) == (flags[0] == "--draft")  # no draft model, no draft cost
+    assert report["schedule"] == ("heuristic" if "--schedule" in flags else "constant")
+
+
+def test_grounded_prompt_set_is_used_and_never_trained_on():
+    from specdec_lib.training.prompts import GROUNDED_PROMPTS, HELDOUT_PROMPTS, training_prompts
+
+    report = main(["--preset", "tiny-gpt2", "--prompt-set", "grounded", "--k", "1", "--max-new-tokens", "4",
+                   "--num-prompts", "2", "--repeats", "1"])
+    assert report["prompt_set"] == "grounded" and len(report["prompts"]) == 2
+    assert 10 <= len(GROUNDED_PROMPTS) <= 20
+    assert not set(GROUNDED_PROMPTS) & (set(training_prompts(n_source_files=0)) | set(HELDOUT_PROMPTS))

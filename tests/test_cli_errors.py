@@ -34,6 +34,13 @@ BENCH = [
     ("--alpha", ["--alpha", "1.5"]),
     ("--alpha", ["--alpha", "/nonexistent.json"]),
     ("--alpha", ["--alpha", "0.5", "--temperature", "1"]),
+    ("--confidence-threshold", ["--confidence-threshold", "1.5"]),
+    ("--confidence-threshold", ["--preset", "tiny-gpt2", "--draft", "prompt-lookup", "--confidence-threshold", "0.4"]),
+    ("--schedule", ["--schedule", "fast"]),
+    ("--prompt-set", ["--prompt-set", "nope"]),
+    ("--draft", ["--preset", "tiny-gpt2", "--draft", "int8"]),  # the random pairs bring their own draft
+    ("--hf", ["--hf=yes"]),  # switches take no value
+    ("--no-cpu-kernels", ["--no-cpu-kernels=1"]),
 ]
 COMPARE = [
     ("--pair", ["--pair", "nope"]),
@@ -41,6 +48,7 @@ COMPARE = [
     ("--max-new-tokens", ["--max-new-tokens", "-1"]),
     ("--prompts", ["--prompts", "0"]),
     ("--repeats", ["--repeats", "1.5"]),
+    ("--no-hf", ["--no-hf=1"]),
 ]
 TRAINING = [
     ("--threads", ["data", "--out", "/tmp/c.pt", "--threads", "-1"]),

@@ -169,3 +169,15 @@ def test_step_viewer_shows_a_failing_render_inside(run, monkeypatch):
     monkeypatch.setattr(viewer, "show", lambda step: (_ for _ in ()).throw(RuntimeError("boom")))
     viewer.slider.value = 2
     assert "RuntimeError: boom" in viewer.error.value
+
+
+def test_lookup_view_marks_where_the_draft_comes_from():
+    from specdec_lib.viz.widgets import lookup_view_html
+
+    html = lookup_view_html(TOK, [5, 6, 7, 8, 5, 6], k=3)  # "ef" occurred at the start, followed by "gh"
+    assert states(html, "suffix") == 2 and states(html, "match") == 2
+    assert states(html, "source") == 2  # "g", "h": the rest of the copy is the suffix itself
+    assert states(html, "proposal") == 3 and "→" in html
+    assert "position 0" in html
+    none = lookup_view_html(TOK, [1, 2, 3], k=3)
+    assert states(none, "proposal") == 0 and "nothing to propose" in none

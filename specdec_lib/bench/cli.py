@@ -16,10 +16,11 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from ..models import load_pair, pick_device
+from ..models import PROMPT_LOOKUP, load_pair, pick_device
 from ..models.cpu_kernels import fast_on_cpu
 from ..testing import tiny_gpt2_pair
-from ..training.prompts import DEFAULT_PROMPTS, load_prompts
+from ..drafters import Drafter, ModelDrafter, PromptLookupDrafter
+from ..training.prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, load_prompts
 from ..viz.plots import plot_k_sweep
 from .args import (
     device,
@@ -28,8 +29,11 @@ from .args import (
     non_negative_float,
     positive_int,
     positive_int_list,
+    probability,
     writable_path,
 )
+
+PROMPT_SETS = {"varied": DEFAULT_PROMPTS, "grounded": GROUNDED_PROMPTS}
 from .report import device_name, format_report, pooled_alpha_c
 from .runs import BenchResult, benchmark, sweep_k
 from .seed_pair import SEED_PAIR_NAME, read_alpha, seed_sized_pair
@@ -37,18 +41,24 @@ from .theory import optimal_k
 
 
 
-def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel, object, str]:
+def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel | Drafter, object, str]:
     """The pair the command line asks for, on the requested device and dtype."""
     dtype = getattr(torch, args.dtype)
-    if args.preset == "tiny-gpt2":
-        target, draft = tiny_gpt2_pair()
+    if args.preset in ("tiny-gpt2", "seed-gpt2") and not args.target:
+        if args.draft not in (None, PROMPT_LOOKUP):
+            raise ValueError(f"--preset {args.preset} brings its own draft; --draft takes only {PROMPT_LOOKUP!r} there")
         device = pick_device(args.device)
-        target, draft = target.to(device, dtype), draft.to(device, dtype)
-        if args.cpu_kernels:
-            fast_on_cpu(target, draft)
-        return target, draft, None, "tiny random GPT-2-style pair (4x256) + noisy copy"
-    if args.preset == "seed-gpt2":
-        return *seed_sized_pair(pick_device(args.device), dtype, args.cpu_kernels), None, SEED_PAIR_NAME
+        if args.preset == "tiny-gpt2":
+            target, draft = (m.to(device, dtype) for m in tiny_gpt2_pair())
+            if args.cpu_kernels:
+                fast_on_cpu(target, draft)
+            name, target_name = "tiny random GPT-2-style pair (4x256) + noisy copy", "tiny random GPT-2-style target (4x256)"
+        else:
+            (target, draft), name = seed_sized_pair(device, dtype, args.cpu_kernels), SEED_PAIR_NAME
+            target_name = "seed-sized random GPT-2 target (24x1024, gpt2-medium's shape)"
+        if args.draft == PROMPT_LOOKUP:
+            draft, name = PromptLookupDrafter(), f"{target_name} + prompt lookup"
+        return target, draft, None, name
     pair = load_pair(None if args.target else args.preset, target=args.target, draft=args.draft,
                      device=args.device, dtype=dtype, cpu_kernels=args.cpu_kernels)
     return pair.target, pair.draft, pair.tokenizer, pair.name
@@ -65,18 +75,28 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--preset", choices=["smollm2", "gpt2", "tiny-gpt2", "seed-gpt2"], default="smollm2",
                         help="seed-gpt2: gpt2-medium / gpt2 sizes with random weights, for timing with --alpha")
     parser.add_argument("--target", help="hub name or path of a target model (with --draft)")
-    parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default) or a stand-in such as int8")
+    parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default) or a stand-in such as "
+                        "int8; 'prompt-lookup' (any preset or --target): no draft model, n-gram lookup in the text")
+    parser.add_argument("--confidence-threshold", type=probability, default=None,
+                        help="the draft model stops drafting after a token it gives less than this probability "
+                        "(transformers' default 0.4); --k is then the maximum")
+    parser.add_argument("--schedule", choices=["constant", "heuristic"], default="constant",
+                        help="heuristic: the draft length grows by 2 after a fully accepted step, shrinks by 1 otherwise")
     parser.add_argument("--k", type=positive_int_list, default=[1, 2, 4, 6, 8], help="comma-separated, e.g. 1,2,4,8")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 (default) is greedy")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--prompts", type=existing_file,
                         help="file of prompts: a JSON list, or one per line (\\n for newlines)")
+    parser.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="varied",
+                        help="built-in prompts when no --prompts file: varied (default) or grounded (answers copy the input)")
     parser.add_argument("--num-prompts", type=positive_int, default=None, help="use only the first N prompts")
     parser.add_argument("--repeats", type=positive_int, default=2)
     parser.add_argument("--device", type=device, default=None, help="cpu, cuda or mps (default: best available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--out", type=writable_path, help="write every run as JSON here")
     parser.add_argument("--plot", type=writable_path, help="write the speedup plots (PNG) here")
+    parser.add_argument("--hf", action="store_true",
+                        help="also time transformers' own version (assisted generation, or prompt lookup) per K")
     parser.add_argument("--no-cpu-kernels", dest="cpu_kernels", action="store_false",
                         help="keep PyTorch's stock CPU kernels (see specdec_lib.models.cpu_kernels)")
     parser.add_argument("--alpha", help="impose this acceptance rate instead of checking drafts (timing only): "
@@ -92,10 +112,15 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         parser.error("--preset seed-gpt2 has random weights, so its draft never agrees: give --alpha, a number "
                      "or a bench JSON of a real pair (e.g. docs/results/cpu_smollm2.json)")
     with library_errors_to_usage(parser, "--prompts"):
-        texts = load_prompts(args.prompts)[: args.num_prompts]
+        texts = (load_prompts(args.prompts) if args.prompts else list(PROMPT_SETS[args.prompt_set]))[: args.num_prompts]
     torch.manual_seed(0)
     with library_errors_to_usage(parser, "--target/--draft" if args.target else "--preset/--draft"):
         target, draft, tokenizer, name = _load(args)
+    if args.confidence_threshold is not None or args.schedule != "constant":
+        if not isinstance(draft, torch.nn.Module):
+            parser.error("--confidence-threshold and --schedule shape a draft model's drafting; this draft has no model")
+        draft = ModelDrafter(draft, confidence_threshold=args.confidence_threshold, schedule=args.schedule)
+        name += f", drafting up to k tokens (confidence threshold {args.confidence_threshold}, schedule {args.schedule})"
     if imposed is not None:
         name += f"\nacceptance IMPOSED at alpha {imposed:.3f} ({alpha_source}), not checked"
     if tokenizer is None:  # the random pairs have no tokenizer: random prompts of 8 tokens
@@ -107,14 +132,15 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     print(f"{name}\ndevice {target.device}, {args.dtype}, temperature {args.temperature}, "
           f"{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
     runs = sweep_k(target, draft, prompts, args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                   temperature=args.temperature, impose_alpha=imposed)
+                   temperature=args.temperature, impose_alpha=imposed, include_hf=args.hf)
     alpha, c = pooled_alpha_c(runs)
     best = max(runs, key=lambda r: r["speedup"])
     report = {
         "pair": name, "device": str(target.device), "device_name": device_name(target.device),
         "dtype": args.dtype, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats, "prompts": texts, "alpha_imposed": imposed, "alpha_source": alpha_source,
-        "alpha": alpha, "c": c, "cpu_kernels": args.cpu_kernels,
+        "alpha": alpha, "c": c, "cpu_kernels": args.cpu_kernels, "prompt_set": None if args.prompts else args.prompt_set,
+        "confidence_threshold": args.confidence_threshold, "schedule": args.schedule,
         "best_k_measured": best["k"], "best_k_predicted": optimal_k(alpha, c), "runs": runs,
     }
     print(format_report(report))

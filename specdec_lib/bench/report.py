@@ -19,15 +19,19 @@ def pooled_alpha_c(runs: Sequence[Mapping]) -> tuple[float, float]:
 
 
 def format_sweep(runs: Sequence[Mapping]) -> str:
-    """A readable table of a k sweep."""
+    """A readable table of a k sweep (with transformers' speedup when it was timed)."""
+    hf = "hf_speedup" in runs[0]
     lines = [f"{'k':>3}{'tok/s':>9}{'target':>9}{'speedup':>9}{'predicted':>10}{'meas/pred':>10}"
-             f"{'alpha':>7}{'c':>7}{'tok/call':>9}"]
+             f"{'alpha':>7}{'c':>7}{'tok/call':>9}" + (f"{'HF':>9}" if hf else "")]
     for r in runs:
         lines.append(
             f"{r['k']:>3}{r['tokens_per_s']:>9.1f}{r['target_only_tokens_per_s']:>9.1f}{r['speedup']:>8.2f}x"
             f"{r['predicted_speedup']:>9.2f}x{r['speedup'] / r['predicted_speedup']:>10.2f}"
             f"{r['alpha']:>7.2f}{r['c']:>7.2f}{r['tokens_per_target_call']:>9.2f}"
+            + (f"{r['hf_speedup']:>8.2f}x" if hf else "")
         )
+    if hf:
+        lines.append(f"HF: {runs[0]['hf_method']}, speedup over the same target-only runs")
     return "\n".join(lines)
 
 

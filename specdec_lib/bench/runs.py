@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm, trange
+from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from ..drafters import Drafter, ModelDrafter, PromptLookupDrafter
 from ..loop.generate import SpecStats, autoregressive_generate, pool_steps, speculative_generate
 from .seed_pair import ImposedAcceptance
 from .theory import estimate_alpha, expected_speedup, expected_tokens_per_step
 from .timing import measure_cost_ratio, stopwatch
 
 METHODS = ("target only (cached)", "speculative, uncached", "speculative, cached", "HF assisted generation")
+HF_PROMPT_LOOKUP = "HF prompt lookup"  # the fourth method when the draft is prompt lookup
 
 
 @dataclass
@@ -60,11 +64,18 @@ class BenchResult:
     @property
     def outputs_agree(self) -> bool:
         """Whether every method produced the same tokens for every prompt."""
-        ref = self.methods[METHODS[0]].outputs
-        return all(
-            len(m.outputs) == len(ref) and all(torch.equal(a, b) for a, b in zip(m.outputs, ref))
-            for m in self.methods.values()
-        )
+        return all(self.matches_target(name) for name in self.methods)
+
+    def matches_target(self, name: str = METHODS[2]) -> bool:
+        """Whether method `name` produced the target-only run's tokens for every prompt.
+
+        Our loops share the target-only run's model calls and kernels, so for them this is the exactness
+        claim itself. transformers' `generate` computes the prompt's last logits inside a pass over all
+        prompt rows, another matrix product that rounds differently: at a near-tie its greedy token can
+        differ from the target-only run's, without either being wrong.
+        """
+        ref, outputs = self.methods[METHODS[0]].outputs, self.methods[name].outputs
+        return len(outputs) == len(ref) and all(torch.equal(a, b) for a, b in zip(outputs, ref))
 
     def table(self) -> str:
         """A plain-text table of the results, one row per method."""
@@ -79,12 +90,12 @@ class BenchResult:
         """The ratios the tutorial reports, one per line."""
         spec, uncached = METHODS[2], METHODS[1]
         measured = self.ratio(spec)
-        lines = [
-            f"cached / uncached speculative loop: {self.ratio(spec, uncached):.2f}x",
-            f"speculative (cached) vs target only: {measured:.2f}x",
-        ]
-        if METHODS[3] in self.methods:
-            lines.append(f"ours / HF assisted generation:     {self.ratio(spec, METHODS[3]):.2f}x")
+        lines = [f"{'speculative (cached) vs target only:':<37}{measured:.2f}x"]
+        if uncached in self.methods:
+            lines.insert(0, f"{'cached / uncached speculative loop:':<37}{self.ratio(spec, uncached):.2f}x")
+        for hf in (METHODS[3], HF_PROMPT_LOOKUP):
+            if hf in self.methods:
+                lines.append(f"{f'ours / {hf}:':<37}{self.ratio(spec, hf):.2f}x")
         lines.append(
             f"alpha {self.alpha:.3f}, c {self.c:.3f}, k {self.k}: predicted {self.predicted_speedup:.2f}x, "
             f"measured/predicted {measured / self.predicted_speedup:.2f}"
@@ -93,15 +104,16 @@ class BenchResult:
 
 
 def hf_assisted_generate(
-    target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int
+    target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int,
+    confidence_threshold: float | None = None, schedule: str = "constant",
 ) -> torch.Tensor:
-    """transformers' assisted generation, greedy, with a constant k and no confidence threshold (like ours)."""
+    """transformers' assisted generation, greedy, with our k, confidence threshold (None: off) and schedule."""
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
     # transformers reads the drafting schedule from the *assistant's* generation config.
     saved = copy.deepcopy(draft.generation_config)
     draft.generation_config.num_assistant_tokens = k
-    draft.generation_config.num_assistant_tokens_schedule = "constant"
-    draft.generation_config.assistant_confidence_threshold = 0.0
+    draft.generation_config.num_assistant_tokens_schedule = schedule
+    draft.generation_config.assistant_confidence_threshold = confidence_threshold or 0.0
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its internal draft generate() warns about its own arguments
     try:
@@ -110,6 +122,35 @@ def hf_assisted_generate(
     finally:
         draft.generation_config = saved
         hf_logging.set_verbosity(verbosity)
+
+
+def hf_prompt_lookup_generate(
+    target: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int, max_ngram_size: int = 3
+) -> torch.Tensor:
+    """transformers' prompt lookup decoding, greedy, proposing up to k tokens from n-grams of up to max_ngram_size."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+                              prompt_lookup_num_tokens=k, max_matching_ngram_size=max_ngram_size)
+    ids = input_ids.to(target.device)
+    return target.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+
+
+def hf_counterpart(draft: PreTrainedModel | Drafter, *, k: int, max_new_tokens: int) -> tuple[str, Callable] | None:
+    """transformers' own version of what `draft` does, as (method name, fn(target, ids) -> sequences), or None."""
+    if isinstance(draft, PromptLookupDrafter):
+        return HF_PROMPT_LOOKUP, lambda target, ids: hf_prompt_lookup_generate(
+            target, ids, max_new_tokens=max_new_tokens, k=k, max_ngram_size=draft.max_ngram_size)
+    if isinstance(draft, ModelDrafter):
+        return METHODS[3], lambda target, ids: hf_assisted_generate(
+            target, draft.model, ids, max_new_tokens=max_new_tokens, k=k,
+            confidence_threshold=draft.confidence_threshold, schedule=draft.schedule)
+    if isinstance(draft, nn.Module):
+        return METHODS[3], lambda target, ids: hf_assisted_generate(target, draft, ids, max_new_tokens=max_new_tokens, k=k)
+    return None
+
+
+def draft_model(draft: PreTrainedModel | Drafter) -> PreTrainedModel | None:
+    """The model a draft runs, if any: itself, a ModelDrafter's model, or None (prompt lookup)."""
+    return draft if isinstance(draft, nn.Module) else getattr(draft, "model", None)
 
 
 def _timed(run: Callable[[int], tuple], n_prompts: int, device: torch.device) -> tuple[float, list, list]:
@@ -121,7 +162,7 @@ def _timed(run: Callable[[int], tuple], n_prompts: int, device: torch.device) ->
 
 def benchmark(
     target: PreTrainedModel,
-    draft: PreTrainedModel,
+    draft: PreTrainedModel | Drafter,
     prompts: Sequence[torch.Tensor],
     *,
     k: int = 4,
@@ -136,8 +177,9 @@ def benchmark(
 ) -> BenchResult:
     """Time the decoding methods on the same pair, prompts and k, in this one process.
 
-    Greedy by default; with temperature > 0 every run samples from a generator seeded with `seed`
-    (HF assisted generation is then left out: its sampling draws differ from ours). With
+    `draft` is a draft model or any Drafter; transformers' counterpart of it (assisted generation, or
+    prompt lookup) is the fourth method. Greedy by default; with temperature > 0 every run samples
+    from a generator seeded with `seed` (transformers is then left out: its draws differ from ours). With
     `impose_alpha` the speculative loops run against `seed_pair.ImposedAcceptance(target)`, which
     accepts each draft token with that probability: for timing random-weight pairs, greedy only, HF left out.
     """
@@ -163,9 +205,9 @@ def benchmark(
     for name, use_cache in ((METHODS[1], False), (METHODS[2], True)):
         if use_cache or include_uncached:
             runs[name] = lambda i, use_cache=use_cache: _spec(spec_target(i), draft, prompts[i], k, use_cache, **seeded())
-    if include_hf and temperature == 0 and impose_alpha is None:
-        runs[METHODS[3]] = lambda i: (
-            hf_assisted_generate(target, draft, prompts[i], max_new_tokens=max_new_tokens, k=k), None)
+    hf = hf_counterpart(draft, k=k, max_new_tokens=max_new_tokens)
+    if include_hf and hf is not None and temperature == 0 and impose_alpha is None:
+        runs[hf[0]] = lambda i: (hf[1](target, prompts[i]), None)
     for run in runs.values():  # warm-up: first calls allocate caches and pick kernels
         run(0)
     passes: dict[str, list] = {name: [] for name in runs}
@@ -182,14 +224,17 @@ def benchmark(
             result.stats = stats
             result.target_calls = sum(s.target_calls for s in stats)
             proposed, accepted = pool_steps(stats)
-            result.acceptance = sum(accepted) / sum(proposed)
+            result.acceptance = sum(accepted) / sum(proposed) if sum(proposed) else math.nan
         elif name == METHODS[0]:
             result.target_calls = new_tokens
         methods[name] = result
     spec = methods[METHODS[2]]
     alpha = estimate_alpha(*pool_steps(spec.stats))
-    # c at the cache lengths of the real run: from the first prompt's start to its end.
-    c = measure_cost_ratio(target, draft, spec.outputs[0], at_lengths=_spread(prompts[0].shape[1], spec.outputs[0].shape[1]))
+    # c at the cache lengths of the real run: from the first prompt's start to its end. A drafter
+    # without a model (prompt lookup) costs a lookup, not a forward pass: c = 0.
+    model = draft_model(draft)
+    c = 0.0 if model is None else measure_cost_ratio(
+        target, model, spec.outputs[0], at_lengths=_spread(prompts[0].shape[1], spec.outputs[0].shape[1]))
     return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c)
 
 
@@ -209,7 +254,7 @@ def _spec(
 
 def sweep_k(
     target: PreTrainedModel,
-    draft: PreTrainedModel,
+    draft: PreTrainedModel | Drafter,
     prompts: Sequence[torch.Tensor],
     ks: Sequence[int],
     *,
@@ -217,15 +262,24 @@ def sweep_k(
     repeats: int = 3,
     temperature: float = 0.0,
     impose_alpha: float | None = None,
+    include_hf: bool = False,
     progress: bool = True,
 ) -> list[dict]:
-    """Benchmark the cached loop against the target alone for each k; one JSON-ready dict per k."""
+    """Benchmark the cached loop against the target alone for each k; one JSON-ready dict per k.
+
+    With `include_hf`, transformers' counterpart of the draft is timed too (keys `hf_method`,
+    `hf_tokens_per_s`, `hf_speedup`).
+    """
     runs = []
     for k in tqdm(ks, desc="k sweep", disable=not progress):
         r = benchmark(target, draft, prompts, k=k, max_new_tokens=max_new_tokens, repeats=repeats,
-                      include_hf=False, include_uncached=False, temperature=temperature,
+                      include_hf=include_hf, include_uncached=False, temperature=temperature,
                       impose_alpha=impose_alpha, progress=progress)
         spec, base = r.methods[METHODS[2]], r.methods[METHODS[0]]
+        hf = next((m for m in (METHODS[3], HF_PROMPT_LOOKUP) if m in r.methods), None)
+        extra = {} if hf is None else {
+            "hf_method": hf, "hf_tokens_per_s": r.methods[hf].tokens_per_s, "hf_speedup": r.ratio(hf),
+            "hf_outputs_match_target": r.matches_target(hf)}
         runs.append({
             "k": k,
             "tokens_per_s": spec.tokens_per_s,
@@ -240,6 +294,7 @@ def sweep_k(
             "predicted_speedup": r.predicted_speedup,
             "predicted_tokens_per_target_call": expected_tokens_per_step(r.alpha, k),
             # Only a greedy, checked run must reproduce the target; an imposed alpha makes other tokens by design.
-            "outputs_match_target": r.outputs_agree if temperature == 0 and impose_alpha is None else None,
+            "outputs_match_target": r.matches_target() if temperature == 0 and impose_alpha is None else None,
+            **extra,
         })
     return runs

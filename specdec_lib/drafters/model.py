@@ -28,14 +28,31 @@ def check_same_vocab(
             )
 
 
+SCHEDULES = ("constant", "heuristic")
+
+
 class ModelDrafter:
-    """Drafts with a small model: k cached forward passes per step, rolled back to the accepted tokens after it."""
+    """Drafts with a small model: up to k cached forward passes per step, rolled back to the accepted tokens after it.
+
+    Two ways to draft fewer than k tokens when that pays (transformers' assisted generation has both):
+    - ``confidence_threshold``: stop after a token the draft itself gives less than this probability
+      (it is still proposed); k is then a maximum. transformers' default is 0.4.
+    - ``schedule="heuristic"``: the draft length grows by 2 after a step whose drafts all passed and
+      shrinks by 1 otherwise, between 1 and the k the loop asks for.
+    Neither changes what the target accepts, so the output stays exactly the target's.
+    """
 
     needs_hidden_states = False
 
-    def __init__(self, model: PreTrainedModel):
-        self.model = model
+    def __init__(self, model: PreTrainedModel, confidence_threshold: float | None = None, schedule: str = "constant"):
+        if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:  # NaN fails too
+            raise ValueError(f"confidence_threshold must lie in [0, 1] or be None, got {confidence_threshold!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        self.model, self.confidence_threshold, self.schedule = model, confidence_threshold, schedule
         self.runner: ModelRunner | None = None
+        self.length: int | None = None  # the heuristic schedule's current draft length
+        self.proposed = 0  # how many tokens the last proposal held
 
     @property
     def calls(self) -> int:
@@ -45,24 +62,36 @@ class ModelDrafter:
     def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, use_cache: bool = True) -> None:
         """Check the vocabularies match and start with an empty cache."""
         check_same_vocab(target, self.model)
-        self.runner = ModelRunner(self.model, use_cache)
+        self.runner, self.length, self.proposed = ModelRunner(self.model, use_cache), None, 0
 
     def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
-        """Append the draft's own choice k times (never past its context limit); return them and q when sampling."""
+        """Append the draft's own choice up to k times (never past its context limit); return them and q when sampling."""
+        if self.schedule == "heuristic":  # the length never exceeds the k the loop allows
+            self.length = k = k if self.length is None else min(self.length, k)
         limit = max_positions(self.model)
         if limit is not None:
             k = max(0, min(k, limit - seq.shape[1] + 1))
         tokens, probs = [], []
         for _ in range(k):
-            token, q = sampler.choose(self.runner.logits(seq)[-1])
+            logits = self.runner.logits(seq)[-1]
+            token, q = sampler.choose(logits)
             token = token.to(seq.device).view(1)
             tokens.append(token)
             probs.append(q)
             seq = torch.cat([seq, token.view(1, 1)], dim=1)
+            if self.confidence_threshold is not None and self._unsure(logits, token):
+                break
+        self.proposed = len(tokens)
         if not tokens:
             return Proposal(seq.new_empty(0))
         return Proposal(torch.cat(tokens), None if sampler.greedy else torch.stack(probs).to(seq.device))
 
+    def _unsure(self, logits: torch.Tensor, token: torch.Tensor) -> bool:
+        """Whether the draft's own probability of `token` (softmax of its raw logits) is below the threshold."""
+        return float(torch.softmax(logits.float(), dim=-1)[token.to(logits.device)]) < self.confidence_threshold  # a host sync
+
     def update(self, seq: torch.Tensor, n_accepted: int, verified: Verified) -> None:
-        """Keep only cache entries of tokens still in seq; its newest token has not been fed to the draft yet."""
+        """Keep only cache entries of tokens still in seq (its newest token is not fed yet); adapt the schedule."""
         self.runner.rollback(seq.shape[1] - 1)
+        if self.schedule == "heuristic" and self.proposed:
+            self.length = self.length + 2 if n_accepted == self.proposed else max(1, self.length - 1)

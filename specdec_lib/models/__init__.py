@@ -8,6 +8,7 @@ from .pairs import (
     DEFAULT_PRESET,
     DEVICE_ENV,
     PRESETS,
+    PROMPT_LOOKUP,
     STAND_INS,
     ModelPair,
     ModelUnavailableError,

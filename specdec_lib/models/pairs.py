@@ -19,11 +19,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers import modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
+from ..drafters import Drafter, PromptLookupDrafter
 from ..drafters.model import check_same_vocab
 from ..training.draft_model import draft_summary, load_draft
 from .cpu_kernels import fast_on_cpu
 
 DEFAULT_PRESET = "smollm2"
+PROMPT_LOOKUP = "prompt-lookup"  # draft=PROMPT_LOOKUP: no draft model, n-gram lookup in the text (chapter 07)
 DEVICE_ENV = "SPECDEC_DEVICE"  # cpu, cuda or mps: moves every notebook at once, like SPECDEC_PRESET
 PRESETS = ("smollm2", "gpt2")
 GPT2_PAIR = ("gpt2-medium", "gpt2")  # (target, draft), the seed's pair; needs the Hugging Face hub once
@@ -49,7 +51,7 @@ class ModelPair(NamedTuple):
     """A target, its draft, their shared tokenizer and a human-readable name of the pair."""
 
     target: PreTrainedModel
-    draft: PreTrainedModel
+    draft: PreTrainedModel | Drafter  # a draft model, or a drafter that needs none (prompt lookup)
     tokenizer: PreTrainedTokenizerBase
     name: str
 
@@ -138,7 +140,7 @@ def stand_in_draft_check(kind: str, device: torch.device) -> None:
     """Raise a ValueError naming the choices when `kind` is not a stand-in that runs on `device`."""
     if kind not in STAND_INS and not re.fullmatch(r"layers[1-9]\d*", kind):
         raise ValueError(f"unknown draft {kind!r} for SmolLM2; choose {TRAINED_DRAFT!r} (the default), "
-                         f"a stand-in from {sorted(STAND_INS)}, or 'layersN'")
+                         f"{PROMPT_LOOKUP!r}, a stand-in from {sorted(STAND_INS)}, or 'layersN'")
     if kind == "int8" and device.type != "cpu":
         raise ValueError("the 'int8' stand-in uses dynamic quantization, which runs on CPU only; "
                          "pick draft='trained', 'layers20' or 'bf16' on other devices")
@@ -205,6 +207,8 @@ def load_pair(
     ``preset`` is "smollm2" (offline, the default; env SPECDEC_PRESET overrides) or "gpt2"
     (gpt2-medium + gpt2, from the hub). With ``target=`` and ``draft=`` any two models that share
     a tokenizer load instead. For "smollm2", ``draft`` may name a stand-in (see STAND_INS).
+    ``draft="prompt-lookup"`` works with every preset and target: no draft model, a
+    `PromptLookupDrafter` instead (chapter 07).
     ``device`` defaults to $SPECDEC_DEVICE, else the best available. On a CPU, ``cpu_kernels=True``
     (the default) lets both models verify several tokens at the cost of about one
     (`specdec_lib.models.cpu_kernels`); False keeps PyTorch's stock kernels.
@@ -214,18 +218,23 @@ def load_pair(
         if draft is None:
             raise ValueError("give both target= and draft= to load an arbitrary pair")
         target_model, target_tok = _load_named(target, device, dtype)
+        if draft == PROMPT_LOOKUP:
+            return _with_kernels(ModelPair(target_model, PromptLookupDrafter(), target_tok, f"{target} + prompt lookup"),
+                                 cpu_kernels)
         draft_model, draft_tok = _load_named(draft, device, dtype)
         check_same_vocab(target_model, draft_model, target_tok, draft_tok)
         return _with_kernels(ModelPair(target_model, draft_model, target_tok, f"{target} + draft {draft}"), cpu_kernels)
     preset = preset or os.environ.get("SPECDEC_PRESET") or DEFAULT_PRESET
     if preset == "gpt2":
-        if draft is not None:
-            raise ValueError("the gpt2 preset has a fixed draft; use target=..., draft=... for another pair")
-        return load_pair(target=GPT2_PAIR[0], draft=GPT2_PAIR[1], device=device, dtype=dtype, cpu_kernels=cpu_kernels)
+        if draft not in (None, PROMPT_LOOKUP):
+            raise ValueError(f"the gpt2 preset's draft is gpt2 (or {PROMPT_LOOKUP!r}); "
+                             "use target=..., draft=... for another pair")
+        return load_pair(target=GPT2_PAIR[0], draft=draft or GPT2_PAIR[1], device=device, dtype=dtype,
+                         cpu_kernels=cpu_kernels)
     if preset != "smollm2":
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     kind = draft or TRAINED_DRAFT
-    if kind != TRAINED_DRAFT:
+    if kind not in (TRAINED_DRAFT, PROMPT_LOOKUP):
         stand_in_draft_check(kind, device)
     target_model, tokenizer = load_smollm2(device, dtype)
     draft_model, about = smollm2_draft(target_model, kind)
@@ -235,15 +244,17 @@ def load_pair(
 def _with_kernels(pair: ModelPair, cpu_kernels: bool) -> ModelPair:
     """With cpu_kernels, let both models verify several positions at the cost of about one on a CPU."""
     if cpu_kernels:
-        fast_on_cpu(pair.target, pair.draft)
+        fast_on_cpu(*(m for m in (pair.target, pair.draft) if isinstance(m, torch.nn.Module)))
     return pair
 
 
-def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[PreTrainedModel, str]:
-    """A draft for the SmolLM2 target and a label for it: the shipped trained draft, or a stand-in by name."""
+def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[PreTrainedModel | Drafter, str]:
+    """A draft for the SmolLM2 target and a label for it: the shipped trained draft, prompt lookup, or a stand-in."""
     if kind == TRAINED_DRAFT:
         draft = load_draft(target)
         return draft, f"its trained draft ({draft_summary(draft)})"
+    if kind == PROMPT_LOOKUP:
+        return PromptLookupDrafter(), "prompt lookup (no draft model)"
     draft = stand_in_draft(target, kind)
     check_same_vocab(target, draft)
     about = STAND_INS.get(kind, "the target's first layers + its head")

@@ -53,6 +53,41 @@ HELDOUT_PROMPTS = DEFAULT_PROMPTS + (
     "Breaking news: the local football team",
 )
 
+# Input-grounded prompts (chapter 07): tasks whose answer copies from the input (summarise, repeat,
+# reformat, edit code, answer from a passage), where prompt lookup finds its drafts in the prompt.
+# Never used for draft training.
+GROUNDED_PROMPTS = (
+    "Passage: The Amazon rainforest covers much of the Amazon basin of South America. The basin spans nine "
+    "countries, and the majority of the forest is contained within Brazil.\n"
+    "Question: Which country contains the majority of the Amazon rainforest?\n"
+    "Answer, quoting the passage:",
+    "Repeat the following sentence exactly, then translate it into French.\n"
+    "Sentence: The train to Edinburgh leaves from platform four at half past nine.\nRepeated:",
+    "Rewrite this list in alphabetical order, one item per line:\nbanana\ncherry\napple\ndate\nelderberry\n"
+    "Sorted:\n",
+    "Convert these records to JSON.\nname: Alice, age: 31, city: Paris\nname: Bob, age: 27, city: Berlin\nJSON:\n",
+    "Fix the bug in this function and write the whole corrected function.\n"
+    "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(value)\n"
+    "Corrected:\n",
+    "Add type hints to this function and return it in full.\n"
+    "def greet(name, times):\n    for _ in range(times):\n        print('Hello, ' + name)\nWith type hints:\n",
+    "Summarise the meeting notes below in three bullet points.\n"
+    "Notes: The team agreed to move the release to Friday. Maria will update the documentation. "
+    "Tom will fix the login bug before Thursday. The budget review is postponed to next month.\nSummary:\n-",
+    "Text: Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to make "
+    "glucose and oxygen.\nQuestion: What do plants make during photosynthesis?\nAnswer:",
+    "Change every name in this paragraph from Anna to Clara and write the paragraph again.\n"
+    "Anna opened the door. Anna looked outside and saw that the garden was covered in snow. "
+    "Anna smiled.\nRewritten:",
+    "Format the following as a Markdown table with columns City and Population.\n"
+    "Tokyo 37 million; Delhi 33 million; Shanghai 29 million; Sao Paulo 22 million\nTable:\n",
+    "Here is an email. Copy its first sentence, then write a one-line reply.\n"
+    "Email: Thank you for your order of two blue chairs. They will be delivered on Monday between 9 and 12. "
+    "Please make sure someone is at home.\nFirst sentence:",
+    "Rename the variable x to count in this code and show the result.\n"
+    "x = 0\nfor item in items:\n    if item.ok:\n        x += 1\nprint(x)\nResult:\n",
+)
+
 TOPICS = (
     "the ocean", "photosynthesis", "a small bakery", "the French Revolution", "black holes", "machine learning",
     "a lost dog", "the stock market", "volcanoes", "friendship", "climate change", "the Roman Empire", "a robot",
@@ -183,7 +218,7 @@ def training_prompts(n_source_files: int = 10_000, seed: int = 0) -> list[str]:
     """A large varied prompt set for self-distillation; never contains a held-out prompt."""
     rng = random.Random(seed)
     prompts = _template_prompts(rng) + _source_snippets(rng, n_source_files)
-    held_out = set(HELDOUT_PROMPTS)
+    held_out = set(HELDOUT_PROMPTS) | set(GROUNDED_PROMPTS)  # evaluation sets stay unseen
     prompts = [p for p in prompts if p.strip() and p not in held_out]
     rng.shuffle(prompts)
     return prompts

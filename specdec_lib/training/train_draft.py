@@ -36,7 +36,7 @@ from ..bench.args import (
     writable_path,
 )
 from ..models import load_smollm2, smollm2_draft
-from ..models.pairs import TRAINED_DRAFT, stand_in_draft_check
+from ..models.pairs import PROMPT_LOOKUP, TRAINED_DRAFT, stand_in_draft_check
 from ..models.cpu_kernels import use_small_batch_linear
 from .corpus import Sample, generate_corpus, load_corpus, save_corpus
 from .draft_model import RestrictedVocabLlama, draft_from_target, save_draft
@@ -292,6 +292,8 @@ def _draft_names(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"takes comma-separated draft names, got {text!r}")
     for name in names:
+        if name == PROMPT_LOOKUP:
+            raise argparse.ArgumentTypeError("eval scores draft models; prompt lookup has none (use bench --draft prompt-lookup)")
         if name != TRAINED_DRAFT:
             try:
                 stand_in_draft_check(name, torch.device("cpu"))

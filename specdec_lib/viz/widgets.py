@@ -16,6 +16,7 @@ import ipywidgets as widgets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..drafters.prompt_lookup import find_ngram_match, lookup_continuation
 from ..loop.generate import SpecOutput, StepRecord, speculative_generate
 
 STYLE = """<style>
@@ -29,6 +30,10 @@ STYLE = """<style>
 .sd-correction{background:#f7d3bf;border:2px solid #D55E00;font-weight:bold}
 .sd-bonus{background:#c2eadb;border:2px dashed #009E73;font-weight:bold}
 .sd-current{outline:1px dotted #333}
+.sd-match{background:#f5eaa0;border-bottom:2px dotted #8a7300}
+.sd-suffix{background:#f5eaa0;font-weight:bold}
+.sd-source{border-bottom:2px solid #0072B2}
+.sd-proposal{border:2px dashed #0072B2;font-weight:bold}
 .sd-table{border-collapse:collapse;font-family:monospace;font-size:12px;margin-top:6px}
 .sd-table td,.sd-table th{border:1px solid #bbb;padding:2px 8px;text-align:left}
 </style>"""
@@ -53,17 +58,27 @@ def visible(text: str) -> str:
     return text.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
 
 
-def token_span(tokenizer: PreTrainedTokenizerBase, token: int, state: str | None, current: bool = False) -> str:
+# The states of chapter 07's lookup view: where a prompt-lookup draft came from.
+LOOKUP_STATES = {
+    "suffix": ("sd-suffix", "", "the last n tokens, looked up (yellow, bold)"),
+    "match": ("sd-match", "", "their earlier occurrence (yellow, dotted underline)"),
+    "source": ("sd-source", "", "what followed it: copied as the draft (blue underline)"),
+    "proposal": ("sd-proposal", "→", "the proposed draft tokens (dashed box, →)"),
+}
+
+
+def token_span(tokenizer: PreTrainedTokenizerBase, token: int, state: str | None, current: bool = False,
+               states: dict[str, tuple[str, str, str]] = STATES) -> str:
     """One token as an HTML span with its state's class and marker."""
-    css, marker, _ = STATES[state] if state else ("sd-prompt", "", "")
+    css, marker, _ = states[state] if state else ("sd-prompt", "", "")
     classes = f"sd-tok {css}" + (" sd-current" if current else "")
     return f'<span class="{classes}" data-state="{state or "prompt"}">{marker}{html.escape(visible(tokenizer.decode([token])))}</span>'
 
 
-def legend_html() -> str:
-    """The colour legend shared by every view."""
+def legend_html(states: dict[str, tuple[str, str, str]] = STATES) -> str:
+    """The colour legend of a view's states."""
     items = [f'<span class="sd-legend-item"><span class="sd-tok {css}">{marker}token</span> {label}</span>'
-             for css, marker, label in STATES.values()]
+             for css, marker, label in states.values()]
     return '<div class="sd-view">' + " ".join(items) + "</div>"
 
 
@@ -142,6 +157,32 @@ def step_view_html(tokenizer: PreTrainedTokenizerBase, prompt: Sequence[int], st
 def run_view_html(out: SpecOutput, tokenizer: PreTrainedTokenizerBase, prompt_length: int, step: int = 0) -> str:
     """`step_view_html` for a finished run of speculative_generate: the step viewer's static twin."""
     return step_view_html(tokenizer, out.sequences[0, :prompt_length].tolist(), out.stats.steps, step)
+
+
+def lookup_view_html(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[int], k: int,
+                     max_ngram_size: int = 3, min_ngram_size: int = 1) -> str:
+    """Where a prompt-lookup draft comes from: the looked-up suffix, its earlier match, the copied tokens, the draft."""
+    ids = torch.tensor(list(tokens))
+    match = find_ngram_match(ids, max_ngram_size, min_ngram_size)
+    state = [None] * len(tokens)
+    if match is not None:
+        start, n = match
+        for i in range(start + n, min(start + n + k, len(tokens))):
+            state[i] = "source"
+        for i in range(start, start + n):
+            state[i] = "match"
+        for i in range(len(tokens) - n, len(tokens)):
+            state[i] = "suffix"
+    proposal = lookup_continuation(ids, k, max_ngram_size, min_ngram_size).tolist()
+    spans = [token_span(tokenizer, t, st, states=LOOKUP_STATES) for t, st in zip(tokens, state)]
+    spans += [token_span(tokenizer, t, "proposal", states=LOOKUP_STATES) for t in proposal]
+    if match is None:
+        title = f"no n-gram of {min_ngram_size}..{max_ngram_size} final tokens occurs earlier: nothing to propose"
+    else:
+        title = (f"the last {match[1]} token(s) occurred earlier at position {match[0]}: "
+                 f"propose the {len(proposal)} that followed")
+    return (STYLE + legend_html(LOOKUP_STATES) + f"<div>{html.escape(title)}</div>"
+            + '<div class="sd-view">' + BREAK.join(spans) + "</div>")
 
 
 def error_html(err: Exception) -> str:

@@ -1,0 +1,142 @@
+"""Drafters beyond a plain draft model (chapter 07): prompt lookup, and a model draft that stops early or adapts k.
+
+Every one must leave the output exactly the target's: greedy equals generate(), sampling follows p.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+
+from conftest import cached_pair, prompts
+from specdec_lib import speculative_generate
+from specdec_lib.drafters import ModelDrafter, PromptLookupDrafter, lookup_continuation
+from specdec_lib.loop.sampling_check import chi2_pvalue
+from specdec_lib.testing import exact_two_token_distribution, tiny_pair
+
+NEW = 32
+P_MIN = 1e-3
+
+
+def t(*ids: int) -> torch.Tensor:
+    return torch.tensor(ids)
+
+
+@pytest.mark.parametrize(
+    "tokens, k, kwargs, expected",
+    [
+        (t(1, 2, 3, 4), 3, {}, []),  # the last token never occurred before: nothing to propose
+        (t(5, 6, 7, 5, 6), 3, {}, [7, 5, 6]),  # the 2-gram (5, 6) occurred at the start
+        (t(1, 2, 1), 3, {}, [2, 1]),  # a match whose continuation runs into the end: shorter than k
+        (t(1, 2, 1, 3, 1), 3, {}, [3, 1]),  # a repeated n-gram: the most recent occurrence wins
+        (t(2, 3, 7, 9, 3, 5, 2, 3), 3, {}, [7, 9, 3]),  # the longest matching n-gram wins over a later shorter one
+        (t(2, 3, 7, 9, 3, 5, 8, 3), 3, {"min_ngram_size": 2}, []),  # only a 1-gram matches, and 1 < min
+        (t(5, 6, 7, 5, 6), 0, {}, []),  # k = 0
+        (t(4,), 3, {}, []),  # a one-token text has nothing earlier
+        (t(1, 1, 1, 1), 2, {"max_ngram_size": 2}, [1]),  # the most recent match, though an older one has more after it
+    ],
+)
+def test_lookup_continuation(tokens, k, kwargs, expected):
+    assert lookup_continuation(tokens, k, **kwargs).tolist() == expected
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_ngram_size=0), dict(min_ngram_size=0), dict(max_ngram_size=2, min_ngram_size=3),
+                                    dict(max_ngram_size=True), dict(max_ngram_size=2.5)])
+def test_prompt_lookup_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match="ngram_size"):
+        PromptLookupDrafter(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(confidence_threshold=-0.1), dict(confidence_threshold=1.5),
+                                    dict(confidence_threshold=float("nan")), dict(schedule="fast")])
+def test_model_drafter_bad_arguments(kwargs):
+    _, draft = cached_pair("gpt2", "medium")
+    with pytest.raises(ValueError, match="confidence_threshold|schedule"):
+        ModelDrafter(draft, **kwargs)
+
+
+@lru_cache(maxsize=None)
+def hf_greedy(arch: str) -> list[torch.Tensor]:
+    target, _ = cached_pair(arch, "medium")
+    return [target.generate(p, attention_mask=torch.ones_like(p), do_sample=False, max_new_tokens=NEW)
+            for p in prompts()]
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 6])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral"])
+def test_prompt_lookup_equals_target_greedy(arch, k):
+    target, _ = cached_pair(arch, "medium")
+    accepted = 0
+    for p, ref in zip(prompts(), hf_greedy(arch)):
+        out = speculative_generate(target, PromptLookupDrafter(), p, max_new_tokens=NEW, k=k)
+        assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
+        assert out.stats.draft_calls == 0
+        accepted += sum(out.stats.accepted)
+    assert accepted > 0  # tiny random models repeat themselves: lookups really were accepted
+
+
+@pytest.mark.parametrize("drafter_kwargs", [dict(confidence_threshold=0.4), dict(schedule="heuristic"),
+                                            dict(confidence_threshold=0.4, schedule="heuristic")],
+                         ids=["threshold", "heuristic", "both"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_dynamic_draft_length_equals_target_greedy(arch, drafter_kwargs):
+    target, draft = cached_pair(arch, "medium")
+    lengths = set()
+    for p, ref in zip(prompts(), hf_greedy(arch)):
+        out = speculative_generate(target, ModelDrafter(draft, **drafter_kwargs), p, max_new_tokens=NEW, k=8)
+        assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
+        assert out.stats.draft_calls == sum(out.stats.proposed)
+        lengths |= set(out.stats.proposed[:-1])  # the last step is cut by max_new_tokens
+    assert len(lengths) > 1 and max(lengths) <= 8  # the length really varied, and k stayed the maximum
+
+
+def test_threshold_extremes():
+    """Threshold 0 never stops early (the plain draft's run); threshold 1 stops after every first token."""
+    target, draft = cached_pair("llama", "medium")
+    p = prompts()[6]
+    plain = speculative_generate(target, draft, p, max_new_tokens=NEW, k=4)
+    never = speculative_generate(target, ModelDrafter(draft, confidence_threshold=0.0), p, max_new_tokens=NEW, k=4)
+    assert never.stats.proposed == plain.stats.proposed and torch.equal(never.sequences, plain.sequences)
+    always = speculative_generate(target, ModelDrafter(draft, confidence_threshold=1.0), p, max_new_tokens=NEW, k=4)
+    assert set(always.stats.proposed[:-1]) == {1} and torch.equal(always.sequences, plain.sequences)
+
+
+def test_heuristic_schedule_grows_after_full_acceptance_and_shrinks_after_a_miss():
+    target, draft = cached_pair("gpt2", "medium")
+    new, k = 60, 6
+    out = speculative_generate(target, ModelDrafter(draft, schedule="heuristic"), prompts()[9], max_new_tokens=new, k=k)
+    s, done = out.stats, 0
+    assert s.proposed[0] == k
+    for i in range(len(s.proposed) - 1):
+        done += s.accepted[i] + 1
+        cap = min(k, new - done - 1)  # what the loop allows next
+        grown = s.proposed[i] + 2 if s.accepted[i] == s.proposed[i] else max(1, s.proposed[i] - 1)
+        assert s.proposed[i + 1] == min(cap, grown)
+    assert len(set(s.proposed)) > 2
+
+
+@pytest.mark.parametrize("name", ["prompt lookup", "threshold + heuristic"])
+def test_sampling_stays_exact(name):
+    """At temperature 1 the first two tokens follow the target's exact joint distribution (chi-square)."""
+    vocab = 8
+    target, draft = tiny_pair("llama", noise=0.3, vocab_size=vocab, n_layer=1, hidden=32)
+    # "1 5" occurs twice, so the lookup proposes "x 1": pick the x the target itself likes most there,
+    # so that its drafts are accepted often enough to test both outcomes.
+    candidates = torch.tensor([[1, 5, x, 1, 5] for x in range(vocab)])
+    with torch.no_grad():
+        likes = torch.softmax(target(candidates).logits[:, -1], -1)[torch.arange(vocab), torch.arange(vocab)]
+    prompt = candidates[int(likes.argmax())].view(1, -1)
+    exact = exact_two_token_distribution(target, prompt, temperature=1.0)
+    gen = torch.Generator().manual_seed(0)
+    pairs, accepted = [], 0
+    for _ in range(4_000):
+        drafter = PromptLookupDrafter() if name == "prompt lookup" else \
+            ModelDrafter(draft, confidence_threshold=0.4, schedule="heuristic")
+        out = speculative_generate(target, drafter, prompt, max_new_tokens=3, k=2, temperature=1.0, generator=gen)
+        a, b = out.sequences[0, 5:7].tolist()
+        pairs.append(a * vocab + b)
+        accepted += out.stats.accepted[0]
+    assert accepted > 400  # drafts really were accepted
+    assert chi2_pvalue(pairs, exact) > P_MIN
