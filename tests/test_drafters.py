@@ -140,3 +140,34 @@ def test_sampling_stays_exact(name):
         accepted += out.stats.accepted[0]
     assert accepted > 400  # drafts really were accepted
     assert chi2_pvalue(pairs, exact) > P_MIN
+
+
+class RecordingDrafter(ModelDrafter):
+    """A ModelDrafter that asks for the target's hidden states and records what each verification handed it."""
+
+    needs_hidden_states = True
+
+    def start(self, target, input_ids, *, use_cache=True):
+        super().start(target, input_ids, use_cache=use_cache)
+        self.seen = []
+
+    def update(self, seq, n_accepted, verified):
+        length_before = seq.shape[1] - n_accepted - 1  # the step appended the accepted drafts and one token
+        self.seen.append((length_before, verified.first_position, tuple(verified.hidden.shape), verified.logits.shape[0]))
+        super().update(seq, n_accepted, verified)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_drafters_can_receive_the_targets_hidden_states(use_cache):
+    """What the EAGLE chapter needs: the last hidden states of exactly the positions fed in each verification call."""
+    target, draft = cached_pair("llama", "medium")
+    p = prompts()[5]
+    drafter = RecordingDrafter(draft)
+    out = speculative_generate(target, drafter, p, max_new_tokens=NEW, k=3, use_cache=use_cache)
+    assert torch.equal(out.sequences, speculative_generate(target, draft, p, max_new_tokens=NEW, k=3).sequences)
+    assert len(drafter.seen) == len(out.stats.proposed) > 1
+    for i, ((length, first, hidden_shape, n_logits), proposed) in enumerate(zip(drafter.seen, out.stats.proposed)):
+        # With a cache, the target has seen all but the newest token (none before the first call).
+        assert first == (0 if not use_cache or i == 0 else length - 1)
+        assert hidden_shape == (length - first + proposed, target.config.hidden_size)  # fed tokens + drafts
+        assert n_logits == proposed + 1
