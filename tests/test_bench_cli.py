@@ -101,3 +101,51 @@ def test_grounded_prompt_set_is_used_and_never_trained_on():
     assert report["prompt_set"] == "grounded" and len(report["prompts"]) == 2
     assert 10 <= len(GROUNDED_PROMPTS) <= 20
     assert not set(GROUNDED_PROMPTS) & (set(training_prompts(n_source_files=0)) | set(HELDOUT_PROMPTS))
+
+
+def test_cli_times_token_trees_next_to_chains(tmp_path, capsys):
+    out, plot = tmp_path / "t.json", tmp_path / "t.png"
+    report = main(["--preset", "tiny-gpt2", "--k", "1,2", "--tree", "2,1", "--tree", "3", "--max-new-tokens", "8",
+                   "--num-prompts", "2", "--repeats", "1", "--out", str(out), "--plot", str(plot)])
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["k"], r["tree"]) for r in runs] == [(1, None), (2, None), (2, [2, 1]), (1, [3])]
+    for r in runs:
+        assert r["outputs_match_target"] is True and r["new_tokens"] == 16
+        assert (r["predicted_speedup"] is None) == (r["tree"] is not None)
+    assert report["best_k_measured"] in (1, 2)
+    printed = capsys.readouterr().out
+    assert "(2, 1)" in printed and "(3,)" in printed and "best tree measured" in printed
+    assert plot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "1"], ["--draft", "prompt-lookup"], ["--alpha", "0.5"],
+                                   ["--confidence-threshold", "0.4"], ["--tree", "2,0"]])
+def test_cli_rejects_trees_it_cannot_run(flags, capsys):
+    with pytest.raises(SystemExit):
+        main(["--preset", "tiny-gpt2", "--tree", "2,1", *flags])
+    assert "--tree" in capsys.readouterr().err
+
+
+def test_k_sweep_plot_marks_trees():
+    runs = [{"k": k, "speedup": 1.0 + k / 10, "tokens_per_target_call": 1 + k / 2} for k in (1, 2)]
+    runs.append({"k": 4, "tree": [2, 2, 1, 1], "speedup": 1.5, "tokens_per_target_call": 2.5})
+    left, right = plot_k_sweep(runs, alpha=0.7, c=0.1).axes[:2]
+    assert list(left.lines[1].get_xdata()) == [1, 2]
+    star = [line for line in left.lines if line.get_label().startswith("token trees")]
+    assert len(star) == 1 and list(star[0].get_xdata()) == [4] and left.texts[0].get_text() == "(2, 2, 1, 1)"
+
+
+def test_tree_step_plot_highlights_the_path_and_draws_the_mask():
+    from specdec_lib.loop.tree import TokenTree, allowed_attention
+    from specdec_lib.viz.plots import plot_tree_step
+
+    tree = TokenTree.from_branching((2, 2, 1))
+    labels = [f"tok{i}" for i in range(tree.size)]
+    fig = plot_tree_step(tree, labels, path=[1, 5, 9], committed=3)
+    left, right = fig.axes[:2]
+    assert {t.get_text() for t in left.texts} == {"root"} | {f"{i}: tok{i}" for i in range(tree.size)}
+    green = [line for line in left.lines if line.get_linewidth() == 2.5]
+    assert len(green) == 3 and len(left.lines) == tree.size
+    image = right.images[0].get_array()
+    assert image.shape == (tree.size, 3 + tree.size)
+    assert (image == allowed_attention(tree, 3, tree.size, 3 + tree.size).numpy()).all()

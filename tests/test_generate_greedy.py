@@ -52,9 +52,9 @@ def test_speculative_equals_target_greedy(arch, level, k, use_cache):
 @pytest.mark.parametrize("level", AGREEMENT)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_speculative_equals_target_greedy_with_cpu_kernels(arch, level, k):
-    """The same grid, cached, with the CPU kernels load_pair installs (GPT-2's Conv1D converted to Linear)."""
+    """The same grid, cached, on every other prompt, with the CPU kernels load_pair installs (GPT-2's Conv1D as Linear)."""
     target, draft = cached_pair(arch, level, cpu_kernels=True)
-    for p, ref in zip(prompts(), reference(arch, level, cpu_kernels=True)):
+    for p, ref in zip(prompts()[::2], reference(arch, level, cpu_kernels=True)[::2]):
         out = speculative_generate(target, draft, p, max_new_tokens=NEW, k=k)
         assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
 
@@ -68,7 +68,7 @@ def test_sliding_window_targets_equal_hf_generate(arch, level, k, cpu_kernels):
     target, draft = cached_pair(arch, level, cpu_kernels)
     refs = hf_reference(arch, level, cpu_kernels)
     assert max(r.shape[1] for r in refs) > 2 * target.config.sliding_window
-    for p, ref in zip(prompts(), refs):
+    for p, ref in zip(prompts()[::2], refs[::2]):  # lengths 1, 3, ..., 19: every other prompt keeps the suite short
         out = speculative_generate(target, draft, p, max_new_tokens=NEW, k=k)
         assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
 

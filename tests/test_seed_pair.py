@@ -150,6 +150,7 @@ def test_gpu_results_script_dry_run(tmp_path):
     smollm2, seed = (json.loads((tmp_path / f"quick_cpu_{name}.json").read_text()) for name in ("smollm2", "seed_gpt2"))
     assert seed["alpha_imposed"] == pytest.approx(smollm2["alpha"])
     assert all(r["outputs_match_target"] for r in smollm2["runs"])
+    assert [r["tree"] for r in smollm2["runs"]] == [None, None, [2, 1]]
     assert (tmp_path / "quick_cpu_seed_gpt2.png").stat().st_size > 10_000
     log = (tmp_path / "quick_cpu_notebooks.log").read_text()
     assert all(f"{name}.ipynb" in log for name in ("01_single_step", "06_train_your_own_draft")), log[-2000:]

@@ -68,3 +68,15 @@ def test_verify_cost_ratios_are_relative_to_one_token():
     assert list(ratios) == [1, 3] and ratios[1] == 1.0 and ratios[3] > 0
     with pytest.raises(ValueError, match="n_new"):
         verify_cost_ratios(target, torch.tensor([[1, 2]]), n_new=(0, 2))
+
+
+def test_expected_tree_tokens_per_step():
+    from specdec_lib.bench.theory import expected_tree_tokens_per_step
+
+    top_b = [0.4, 0.6, 0.7]
+    assert expected_tree_tokens_per_step(top_b, (1, 1, 1)) == pytest.approx(expected_tokens_per_step(0.4, 3))
+    # (2, 1): depth 1 passes when the target's token is one of two guesses, depth 2 with the one guess after it.
+    assert expected_tree_tokens_per_step(top_b, (2, 1)) == pytest.approx(1 + 0.6 + 0.6 * 0.4)
+    assert expected_tree_tokens_per_step(top_b, (3, 2, 1)) == pytest.approx(1 + 0.7 + 0.7 * 0.6 + 0.7 * 0.6 * 0.4)
+    with pytest.raises(ValueError, match="top-b"):
+        expected_tree_tokens_per_step(top_b, (4,))

@@ -2,6 +2,7 @@
 
     python -m specdec_lib.bench --preset smollm2 --k 1,2,4,8 --out r.json --plot r.png
     python -m specdec_lib.bench --preset seed-gpt2 --alpha docs/results/cpu_smollm2.json --k 1,2
+    python -m specdec_lib.bench --k 1,2,4 --tree 2,2,1,1 --tree 3,1
     python -m specdec_lib.bench compare --pair tiny-gpt2 --max-new-tokens 256
 """
 
@@ -34,7 +35,7 @@ from .args import (
 )
 
 PROMPT_SETS = {"varied": DEFAULT_PROMPTS, "grounded": GROUNDED_PROMPTS}
-from .report import device_name, format_report, pooled_alpha_c
+from .report import chain_runs, device_name, format_report, pooled_alpha_c
 from .runs import BenchResult, benchmark, sweep_k
 from .seed_pair import SEED_PAIR_NAME, read_alpha, seed_sized_pair
 from .theory import optimal_k
@@ -83,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--schedule", choices=["constant", "heuristic"], default="constant",
                         help="heuristic: the draft length grows by 2 after a fully accepted step, shrinks by 1 otherwise")
     parser.add_argument("--k", type=positive_int_list, default=[1, 2, 4, 6, 8], help="comma-separated, e.g. 1,2,4,8")
+    parser.add_argument("--tree", type=positive_int_list, action="append", default=[],
+                        help="also time a token tree with these branching factors per depth, e.g. 2,2,1,1 "
+                        "(chapter 09; greedy, draft models only; repeat the flag for several trees)")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 (default) is greedy")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--prompts", type=existing_file,
@@ -102,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--alpha", help="impose this acceptance rate instead of checking drafts (timing only): "
                         "a number, or a bench JSON of a real pair whose pooled alpha to use; needed by seed-gpt2")
     args = parser.parse_args(argv)
+    if args.tree and (args.temperature > 0 or args.alpha is not None or args.draft == PROMPT_LOOKUP):
+        parser.error("--tree verifies greedily with a draft model: it needs --temperature 0, no --alpha and a draft model")
+    if args.tree and (args.confidence_threshold is not None or args.schedule != "constant"):
+        parser.error("--confidence-threshold and --schedule shape chains of drafts; a --tree has a fixed shape")
     imposed, alpha_source = None, None
     if args.alpha is not None:
         with library_errors_to_usage(parser, "--alpha"):
@@ -132,9 +140,9 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     print(f"{name}\ndevice {target.device}, {args.dtype}, temperature {args.temperature}, "
           f"{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
     runs = sweep_k(target, draft, prompts, args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                   temperature=args.temperature, impose_alpha=imposed, include_hf=args.hf)
+                   temperature=args.temperature, impose_alpha=imposed, include_hf=args.hf, trees=args.tree)
     alpha, c = pooled_alpha_c(runs)
-    best = max(runs, key=lambda r: r["speedup"])
+    best = max(chain_runs(runs), key=lambda r: r["speedup"])
     report = {
         "pair": name, "device": str(target.device), "device_name": device_name(target.device),
         "dtype": args.dtype, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,

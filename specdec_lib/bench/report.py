@@ -12,8 +12,19 @@ import torch
 from .theory import expected_speedup
 
 
+def chain_runs(runs: Sequence[Mapping]) -> list[Mapping]:
+    """The runs of a sweep that drafted chains (not token trees)."""
+    return [r for r in runs if not r.get("tree")]
+
+
+def run_label(run: Mapping) -> str:
+    """A sweep run's name in tables: its k, or its tree's branching factors."""
+    return str(tuple(run["tree"])) if run.get("tree") else str(run["k"])
+
+
 def pooled_alpha_c(runs: Sequence[Mapping]) -> tuple[float, float]:
-    """One (alpha, c) for a sweep: alpha weighted by target calls, c averaged."""
+    """One (alpha, c) for a sweep's chain runs: alpha weighted by target calls, c averaged."""
+    runs = chain_runs(runs) or runs
     calls = sum(r["target_calls"] for r in runs)
     return sum(r["alpha"] * r["target_calls"] for r in runs) / calls, statistics.fmean(r["c"] for r in runs)
 
@@ -21,17 +32,23 @@ def pooled_alpha_c(runs: Sequence[Mapping]) -> tuple[float, float]:
 def format_sweep(runs: Sequence[Mapping]) -> str:
     """A readable table of a k sweep (with transformers' speedup when it was timed)."""
     hf = "hf_speedup" in runs[0]
-    lines = [f"{'k':>3}{'tok/s':>9}{'target':>9}{'speedup':>9}{'predicted':>10}{'meas/pred':>10}"
+    width = max(3, *(len(run_label(r)) for r in runs))
+    lines = [f"{'k':>{width}}{'tok/s':>9}{'target':>9}{'speedup':>9}{'predicted':>10}{'meas/pred':>10}"
              f"{'alpha':>7}{'c':>7}{'tok/call':>9}" + (f"{'HF':>9}" if hf else "")]
     for r in runs:
+        predicted = r["predicted_speedup"]
+        formula = (f"{predicted:>9.2f}x{r['speedup'] / predicted:>10.2f}" if predicted is not None
+                   else f"{'-':>10}{'-':>10}")
         lines.append(
-            f"{r['k']:>3}{r['tokens_per_s']:>9.1f}{r['target_only_tokens_per_s']:>9.1f}{r['speedup']:>8.2f}x"
-            f"{r['predicted_speedup']:>9.2f}x{r['speedup'] / r['predicted_speedup']:>10.2f}"
-            f"{r['alpha']:>7.2f}{r['c']:>7.2f}{r['tokens_per_target_call']:>9.2f}"
-            + (f"{r['hf_speedup']:>8.2f}x" if hf else "")
+            f"{run_label(r):>{width}}{r['tokens_per_s']:>9.1f}{r['target_only_tokens_per_s']:>9.1f}{r['speedup']:>8.2f}x"
+            f"{formula}{r['alpha']:>7.2f}{r['c']:>7.2f}{r['tokens_per_target_call']:>9.2f}"
+            + (f"{r['hf_speedup']:>8.2f}x" if hf and "hf_speedup" in r else (f"{'-':>9}" if hf else ""))
         )
     if hf:
         lines.append(f"HF: {runs[0]['hf_method']}, speedup over the same target-only runs")
+    if len(chain_runs(runs)) < len(runs):
+        lines.append("rows in parentheses: token trees (branching factors per depth); the chain formula does not "
+                     "apply, and alpha is their acceptance per depth reached, with every guess at that depth")
     return "\n".join(lines)
 
 
@@ -39,15 +56,21 @@ def format_report(report: Mapping) -> str:
     """A bench JSON report as text: the pair, where it ran, the K sweep and the pooled numbers."""
     alpha, c = report["alpha"], report["c"]
     best, predicted = report["best_k_measured"], report["best_k_predicted"]
-    speedup = next(r["speedup"] for r in report["runs"] if r["k"] == best)
-    return "\n".join([
+    speedup = next(r["speedup"] for r in chain_runs(report["runs"]) if r["k"] == best)
+    lines = [
         report["pair"],
         f"on {report['device_name']} ({report['device']}, {report['dtype']}), temperature {report['temperature']}, "
         f"{report['max_new_tokens']} new tokens x {len(report['prompts'])} prompts, median of {report['repeats']} repeats",
         format_sweep(report["runs"]),
         f"pooled alpha {alpha:.3f}, c {c:.3f}; best k measured {best} ({speedup:.2f}x), "
         f"predicted {predicted} ({expected_speedup(alpha, predicted, c):.2f}x)",
-    ])
+    ]
+    trees = [r for r in report["runs"] if r.get("tree")]
+    if trees:
+        top = max(trees, key=lambda r: r["speedup"])
+        lines.append(f"best tree measured {run_label(top)} ({top['speedup']:.2f}x, "
+                     f"{top['tokens_per_target_call']:.2f} tokens per target call)")
+    return "\n".join(lines)
 
 
 def device_name(device: torch.device) -> str:

@@ -51,6 +51,7 @@ class BenchResult:
     methods: dict[str, MethodResult]
     alpha: float
     c: float
+    tree: tuple[int, ...] | None = None  # branching factors when the loop drafted token trees (k is then its depth)
 
     def ratio(self, name: str, baseline: str = METHODS[0]) -> float:
         """Tokens/s of method `name` over tokens/s of `baseline`."""
@@ -58,8 +59,8 @@ class BenchResult:
 
     @property
     def predicted_speedup(self) -> float:
-        """Leviathan et al.'s formula with the measured alpha and c."""
-        return expected_speedup(self.alpha, self.k, self.c)
+        """Leviathan et al.'s formula with the measured alpha and c (nan for trees: it models a chain)."""
+        return math.nan if self.tree is not None else expected_speedup(self.alpha, self.k, self.c)
 
     @property
     def outputs_agree(self) -> bool:
@@ -96,6 +97,11 @@ class BenchResult:
         for hf in (METHODS[3], HF_PROMPT_LOOKUP):
             if hf in self.methods:
                 lines.append(f"{f'ours / {hf}:':<37}{self.ratio(spec, hf):.2f}x")
+        if self.tree is not None:
+            spec_run = self.methods[spec]
+            lines.append(f"tree {','.join(map(str, self.tree))} (depth {self.k}): "
+                         f"{spec_run.new_tokens / spec_run.target_calls:.2f} tokens per target call, c {self.c:.3f}")
+            return "\n".join(lines)
         lines.append(
             f"alpha {self.alpha:.3f}, c {self.c:.3f}, k {self.k}: predicted {self.predicted_speedup:.2f}x, "
             f"measured/predicted {measured / self.predicted_speedup:.2f}"
@@ -173,6 +179,7 @@ def benchmark(
     temperature: float = 0.0,
     seed: int = 0,
     impose_alpha: float | None = None,
+    tree: Sequence[int] | None = None,
     progress: bool = True,
 ) -> BenchResult:
     """Time the decoding methods on the same pair, prompts and k, in this one process.
@@ -182,12 +189,18 @@ def benchmark(
     from a generator seeded with `seed` (transformers is then left out: its draws differ from ours). With
     `impose_alpha` the speculative loops run against `seed_pair.ImposedAcceptance(target)`, which
     accepts each draft token with that probability: for timing random-weight pairs, greedy only, HF left out.
+    With `tree` (branching factors, chapter 09) our loops draft token trees; transformers has none, so it is left out.
     """
     if impose_alpha is not None and temperature > 0:
         raise ValueError("an imposed acceptance rate replaces the greedy check; it needs temperature 0")
+    if impose_alpha is not None and tree is not None:
+        raise ValueError("an imposed acceptance rate is defined for chains of drafts, not token trees")
     device = target.device
     prompts = [p.to(device).view(1, -1) for p in prompts]
     sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature)
+    if tree is not None:
+        tree = tuple(tree)
+        k = len(tree)
 
     def seeded() -> dict:
         return dict(sampling, generator=torch.Generator(device=device).manual_seed(seed))
@@ -204,9 +217,10 @@ def benchmark(
         METHODS[0]: lambda i: (autoregressive_generate(target, prompts[i], **seeded()), None)}
     for name, use_cache in ((METHODS[1], False), (METHODS[2], True)):
         if use_cache or include_uncached:
-            runs[name] = lambda i, use_cache=use_cache: _spec(spec_target(i), draft, prompts[i], k, use_cache, **seeded())
+            runs[name] = lambda i, use_cache=use_cache: _spec(spec_target(i), draft, prompts[i], k, use_cache,
+                                                              tree=tree, **seeded())
     hf = hf_counterpart(draft, k=k, max_new_tokens=max_new_tokens)
-    if include_hf and hf is not None and temperature == 0 and impose_alpha is None:
+    if include_hf and hf is not None and temperature == 0 and impose_alpha is None and tree is None:
         runs[hf[0]] = lambda i: (hf[1](target, prompts[i]), None)
     for run in runs.values():  # warm-up: first calls allocate caches and pick kernels
         run(0)
@@ -235,7 +249,7 @@ def benchmark(
     model = draft_model(draft)
     c = 0.0 if model is None else measure_cost_ratio(
         target, model, spec.outputs[0], at_lengths=_spread(prompts[0].shape[1], spec.outputs[0].shape[1]))
-    return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c)
+    return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c, tree=tree)
 
 
 def _spread(start: int, end: int, n: int = 3) -> list[int]:
@@ -263,18 +277,21 @@ def sweep_k(
     temperature: float = 0.0,
     impose_alpha: float | None = None,
     include_hf: bool = False,
+    trees: Sequence[Sequence[int]] = (),
     progress: bool = True,
 ) -> list[dict]:
-    """Benchmark the cached loop against the target alone for each k; one JSON-ready dict per k.
+    """Benchmark the cached loop against the target alone for each k, then each token tree; one JSON-ready dict per run.
 
     With `include_hf`, transformers' counterpart of the draft is timed too (keys `hf_method`,
-    `hf_tokens_per_s`, `hf_speedup`).
+    `hf_tokens_per_s`, `hf_speedup`). A tree's run has `tree` (its branching factors) and `k` its
+    depth; the chain formula's predictions are None there.
     """
     runs = []
-    for k in tqdm(ks, desc="k sweep", disable=not progress):
+    shapes = [(k, None) for k in ks] + [(len(t), tuple(t)) for t in trees]
+    for k, tree in tqdm(shapes, desc="k sweep", disable=not progress):
         r = benchmark(target, draft, prompts, k=k, max_new_tokens=max_new_tokens, repeats=repeats,
                       include_hf=include_hf, include_uncached=False, temperature=temperature,
-                      impose_alpha=impose_alpha, progress=progress)
+                      impose_alpha=impose_alpha, tree=tree, progress=progress)
         spec, base = r.methods[METHODS[2]], r.methods[METHODS[0]]
         hf = next((m for m in (METHODS[3], HF_PROMPT_LOOKUP) if m in r.methods), None)
         extra = {} if hf is None else {
@@ -282,6 +299,7 @@ def sweep_k(
             "hf_outputs_match_target": r.matches_target(hf)}
         runs.append({
             "k": k,
+            "tree": None if tree is None else list(tree),
             "tokens_per_s": spec.tokens_per_s,
             "target_only_tokens_per_s": base.tokens_per_s,
             "speedup": r.ratio(METHODS[2]),
@@ -291,8 +309,8 @@ def sweep_k(
             "target_calls": spec.target_calls,
             "new_tokens": spec.new_tokens,
             "tokens_per_target_call": spec.new_tokens / spec.target_calls,
-            "predicted_speedup": r.predicted_speedup,
-            "predicted_tokens_per_target_call": expected_tokens_per_step(r.alpha, k),
+            "predicted_speedup": None if tree else r.predicted_speedup,
+            "predicted_tokens_per_target_call": None if tree else expected_tokens_per_step(r.alpha, k),
             # Only a greedy, checked run must reproduce the target; an imposed alpha makes other tokens by design.
             "outputs_match_target": r.matches_target() if temperature == 0 and impose_alpha is None else None,
             **extra,

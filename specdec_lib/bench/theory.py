@@ -31,3 +31,20 @@ def estimate_alpha(proposed: Sequence[int], accepted: Sequence[int]) -> float:
     successes = sum(accepted)
     trials = successes + sum(a < p for p, a in zip(proposed, accepted))
     return successes / trials if trials else float("nan")
+
+
+def expected_tree_tokens_per_step(top_b: Sequence[float], branching: Sequence[int]) -> float:
+    """Expected new tokens per target call of a static token tree (chapter 09), under i.i.d. acceptance.
+
+    top_b[b - 1] is the probability that the target's token is among the draft's b best guesses.
+    Along the accepted path, depth d is reached and accepted with probability top_b[branching[d] - 1]
+    given depth d - 1 was, so the expectation is 1 + sum over d of the product of those rates.
+    With branching (1,) * k it is the chain's formula with alpha = top_b[0].
+    """
+    if any(b > len(top_b) for b in branching):
+        raise ValueError(f"branching {tuple(branching)} needs top-b rates up to b = {max(branching)}, got {len(top_b)}")
+    expected, reach = 1.0, 1.0
+    for b in branching:
+        reach *= top_b[b - 1]
+        expected += reach
+    return expected

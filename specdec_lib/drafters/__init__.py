@@ -2,7 +2,7 @@
 
 - base: the `Drafter` protocol the loop talks to, with `Proposal` and `Verified`
 - model: `ModelDrafter`, a small causal LM with its own KV cache (chapters 01-06), optionally
-  stopping early when unsure or adapting its length (chapter 07)
+  stopping early when unsure or adapting its length (chapter 07), or filling a token tree (chapter 09)
 - prompt_lookup: `PromptLookupDrafter`, no model: continue an n-gram found earlier in the text (chapter 07)
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Drafter, Proposal, Verified
+from .base import Drafter, Proposal, TreeDrafter, Verified
 from .model import ModelDrafter, check_same_vocab
 from .prompt_lookup import PromptLookupDrafter, find_ngram_match, lookup_continuation
 
@@ -24,5 +24,5 @@ def as_drafter(draft: Drafter | nn.Module) -> Drafter:
     raise TypeError(f"draft must be a causal LM or a Drafter (start/propose/update), got {type(draft).__name__}")
 
 
-__all__ = ["Drafter", "ModelDrafter", "PromptLookupDrafter", "Proposal", "Verified", "as_drafter", "check_same_vocab",
+__all__ = ["Drafter", "ModelDrafter", "TreeDrafter", "PromptLookupDrafter", "Proposal", "Verified", "as_drafter", "check_same_vocab",
            "find_ngram_match", "lookup_continuation"]

@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..loop.sampling import Sampler
+from ..loop.tree import TokenTree
 
 
 @dataclass
@@ -32,8 +33,8 @@ class Proposal:
 class Verified:
     """What the target's verification call computed, handed to the drafter after every step."""
 
-    logits: torch.Tensor  # (n + 1, V): the target's logits at each draft slot and the one after
-    hidden: torch.Tensor | None  # (n_fed, d): last hidden states of the positions fed in this call, if asked for
+    logits: torch.Tensor  # (n + 1, V): the target's logits at each draft slot and the one after (a tree: root, then nodes)
+    hidden: torch.Tensor | None  # (n_fed, d): last hidden states of the positions fed in this call (a tree's nodes last), if asked for
     first_position: int  # the sequence index of hidden[0] (the first position fed in this call)
 
 
@@ -52,3 +53,11 @@ class Drafter(Protocol):
 
     def update(self, seq: torch.Tensor, n_accepted: int, verified: Verified) -> None:
         """After verification: n_accepted drafts passed and seq (1, L') is the sequence now; roll back or learn."""
+
+
+@runtime_checkable
+class TreeDrafter(Drafter, Protocol):
+    """A drafter that can also fill a token tree with several guesses per position (chapter 09)."""
+
+    def propose_tree(self, seq: torch.Tensor, tree: TokenTree) -> Proposal:
+        """One token per node of `tree` (breadth-first), or of a shallower cut of it; greedy only."""

@@ -7,6 +7,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..loop.kv_cache import ModelRunner, max_positions
 from ..loop.sampling import Sampler
+from ..loop.tree import TokenTree, tree_forward
 from .base import Proposal, Verified
 
 
@@ -85,6 +86,30 @@ class ModelDrafter:
         if not tokens:
             return Proposal(seq.new_empty(0))
         return Proposal(torch.cat(tokens), None if sampler.greedy else torch.stack(probs).to(seq.device))
+
+    def propose_tree(self, seq: torch.Tensor, tree: TokenTree) -> Proposal:
+        """Fill a token tree (chapter 09): a node's children are the draft's best guesses after it, one draft call per depth.
+
+        Greedy only. The tree may come back cut at a shallower depth near the draft's context limit.
+        """
+        limit = max_positions(self.model)
+        depth = tree.depth if limit is None else min(tree.depth, limit - seq.shape[1] + 1)
+        tree, self.proposed = tree.truncated(depth), 0  # the length schedule is for chains
+        if tree is None:
+            return Proposal(seq.new_empty(0))
+        ranks = torch.tensor(tree.child_ranks(), device=seq.device)
+        logits, above = self.runner.logits(seq), range(0, 1)  # rows: the root, then each depth's nodes in turn
+        nodes = seq.new_empty(0)
+        for d in range(1, depth + 1):
+            level = tree.level(d)
+            rows = torch.tensor([max(tree.parents[i] - above.start, 0) for i in level], device=logits.device)  # root: row 0
+            top = logits.topk(int(ranks[level.start : level.stop].max()) + 1, dim=-1).indices
+            nodes = torch.cat([nodes, top[rows, ranks[level.start : level.stop].to(top.device)].to(seq.device)])
+            if d < depth:  # the deepest nodes need no guesses after them
+                logits = tree_forward(self.runner, seq, nodes, TokenTree(tree.parents[: level.stop]), keep=len(level))[0]
+                self.runner.rollback(seq.shape[1])  # keep the committed text cached; nodes are re-fed next depth
+                above = level
+        return Proposal(nodes)
 
     def _unsure(self, logits: torch.Tensor, token: torch.Tensor) -> bool:
         """Whether the draft's own probability of `token` (softmax of its raw logits) is below the threshold."""

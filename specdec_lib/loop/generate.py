@@ -4,41 +4,56 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
-from ..drafters import Drafter, Proposal, Verified, as_drafter
+from ..drafters import Drafter, Proposal, TreeDrafter, Verified, as_drafter
 from .greedy import greedy_verify_tensors
 from .kv_cache import ModelRunner, max_positions
 from .sampling import Sampler, rejection_verify_tensors
+from .tree import TokenTree, check_branching, greedy_tree_path, keep_path_in_cache, tree_forward
 
 
 @dataclass
 class StepRecord:
     """What happened in one speculative step: drafted tokens, how many passed, the target's token."""
 
-    draft_tokens: list[int]
+    draft_tokens: list[int]  # a chain's drafts in order; with a tree, every node's token breadth-first
     n_accepted: int
     next_token: int
     p_draft: list[float] | None = None  # target probability p(x) of each drafted x (sampling only)
     q_draft: list[float] | None = None  # draft probability q(x) of each drafted x (sampling only)
+    tree: TokenTree | None = None  # the tree drafted in this step (chapter 09), None for a chain
+    path: list[int] | None = None  # the tree nodes accepted, root side first
 
     @property
     def bonus(self) -> bool:
-        """True when there were drafts and every one passed, so next_token is the free bonus token."""
-        return bool(self.draft_tokens) and self.n_accepted == len(self.draft_tokens)
+        """True when there were drafts and a whole chain or root-to-leaf path passed, so next_token is a free bonus."""
+        deepest = self.tree.depth if self.tree is not None else len(self.draft_tokens)
+        return bool(self.draft_tokens) and self.n_accepted == deepest
+
+    @property
+    def accepted_tokens(self) -> list[int]:
+        """The drafted tokens the target accepted, in order."""
+        if self.path is not None:
+            return [self.draft_tokens[i] for i in self.path]
+        return self.draft_tokens[: self.n_accepted]
 
     @property
     def new_tokens(self) -> list[int]:
         """The tokens this step appended (before any EOS cut)."""
-        return self.draft_tokens[: self.n_accepted] + [self.next_token]
+        return self.accepted_tokens + [self.next_token]
 
 
 @dataclass
 class SpecStats:
-    """Counters of a speculative run; see the properties for the derived rates."""
+    """Counters of a speculative run; see the properties for the derived rates.
+
+    With a token tree, `k` is the tree's depth and `proposed` counts, per step, the depth drafted
+    (the most tokens that step could accept), so the rates below read per depth.
+    """
 
     k: int
     target_calls: int = 0
@@ -174,6 +189,37 @@ def _verify(
     return n, nxt, (target_probs[rows, drafts], draft_probs[rows, drafts]), verified
 
 
+def _chain_step(
+    runner: ModelRunner, drafter: Drafter, seq: torch.Tensor, k: int, rule: str, sampler: Sampler
+) -> tuple[StepRecord, torch.Tensor, Verified]:
+    """Draft up to k tokens, verify them in one target call: the step's record, its new tokens (1, n+1), and the call."""
+    proposal = drafter.propose(seq, k, sampler)
+    n_t, next_t, p_q, verified = _verify(runner, seq, proposal, rule, sampler, drafter.needs_hidden_states)
+    # The one host sync per step: the counts and tokens that control flow and stats need.
+    n, next_token, *drafted = torch.cat([n_t.view(1), next_t.view(1), proposal.tokens]).tolist()
+    record = StepRecord(drafted, n, next_token)
+    if p_q is not None:
+        record.p_draft, record.q_draft = p_q[0].tolist(), p_q[1].tolist()
+    return record, torch.cat([proposal.tokens[:n], next_t.view(1)]).view(1, -1), verified
+
+
+def _tree_step(
+    runner: ModelRunner, drafter: Drafter, seq: torch.Tensor, tree: TokenTree | None
+) -> tuple[StepRecord, torch.Tensor, Verified]:
+    """Draft a token tree, verify every node in one target call, keep the longest accepted path (chapter 09)."""
+    nodes = drafter.propose_tree(seq, tree).tokens if tree is not None else seq.new_empty(0)
+    if nodes.numel() == 0:  # no room left to draft: one plain target step
+        return _chain_step(runner, drafter, seq, 0, "greedy", Sampler())
+    tree = TokenTree(tree.parents[: nodes.numel()])  # the drafter may have cut it shallower
+    first = runner.cached_length
+    logits, states = tree_forward(runner, seq, nodes, tree, keep=tree.size + 1, hidden=drafter.needs_hidden_states)
+    path, next_token = greedy_tree_path(nodes, tree, logits)
+    keep_path_in_cache(runner.cache, tree.size, path)
+    record = StepRecord(nodes.tolist(), len(path), next_token, tree=tree, path=path)
+    verified = Verified(logits, states, first)
+    return record, seq.new_tensor([record.new_tokens]), verified
+
+
 @torch.inference_mode()
 def speculative_generate(
     target: PreTrainedModel,
@@ -182,6 +228,7 @@ def speculative_generate(
     *,
     max_new_tokens: int,
     k: int = 4,
+    tree: Sequence[int] | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -196,6 +243,8 @@ def speculative_generate(
     The output is exactly the target's greedy output at temperature 0, and distributed exactly as
     the target's samples otherwise. ``verifier="rejection"`` forces the sampling rule even at
     temperature 0 (it then reduces to greedy); ``"greedy"`` requires temperature 0.
+    ``tree=(2, 2, 1, 1)`` drafts a token tree with these branching factors per depth instead of a
+    chain (chapter 09; greedy only, and `k` is then ignored).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (draft tokens per step) must be an integer >= 1, got {k!r}")
@@ -206,33 +255,36 @@ def speculative_generate(
         raise ValueError("verifier='greedy' needs temperature=0; sampling needs the rejection rule")
     rule = "rejection" if verifier == "rejection" or not sampler.greedy else "greedy"
     drafter = as_drafter(draft)
+    shape = None if tree is None else TokenTree.from_branching(check_branching(tree))
+    if shape is not None and rule != "greedy":
+        raise NotImplementedError("token trees verify greedily only: use temperature=0 (and verifier 'auto' or 'greedy')")
+    if shape is not None and not isinstance(drafter, TreeDrafter):
+        raise ValueError(f"{type(drafter).__name__} can't draft token trees (it has no propose_tree); use a draft model")
     seq = _prepare_prompt(target, input_ids, max_new_tokens)
     eos = _eos_set(eos_token_id)
     runner = ModelRunner(target, use_cache)
     drafter.start(target, seq, use_cache=use_cache)
-    stats = SpecStats(k=k)
+    stats = SpecStats(k=k if shape is None else shape.depth)
     done = max_new_tokens == 0
     while not done:
-        # Draft at most remaining-1 tokens so the target's extra token never overshoots.
-        proposal = drafter.propose(seq, min(k, max_new_tokens - stats.new_tokens - 1), sampler)
-        n_t, next_t, p_q, verified = _verify(runner, seq, proposal, rule, sampler, drafter.needs_hidden_states)
-        # The one host sync per step: the counts and tokens that control flow and stats need.
-        n, next_token, *drafted = torch.cat([n_t.view(1), next_t.view(1), proposal.tokens]).tolist()
-        seq = torch.cat([seq, proposal.tokens[:n].view(1, -1), next_t.view(1, 1)], dim=1)
-        record = StepRecord(drafted, n, next_token)
-        if p_q is not None:
-            record.p_draft, record.q_draft = p_q[0].tolist(), p_q[1].tolist()
+        # Draft at most remaining-1 tokens deep so the target's extra token never overshoots.
+        budget = max_new_tokens - stats.new_tokens - 1
+        if shape is None:
+            record, new_ids, verified = _chain_step(runner, drafter, seq, min(k, budget), rule, sampler)
+        else:
+            record, new_ids, verified = _tree_step(runner, drafter, seq, shape.truncated(budget))
+        seq = torch.cat([seq, new_ids], dim=1)
         new, done = _cut_at_eos(record.new_tokens, eos)
         if done:
-            seq = seq[:, : seq.shape[1] - (n + 1 - len(new))]
+            seq = seq[:, : seq.shape[1] - (new_ids.shape[1] - len(new))]
         stats.steps.append(record)
-        stats.proposed.append(len(drafted))
-        stats.accepted.append(n)
+        stats.proposed.append(record.tree.depth if record.tree is not None else len(record.draft_tokens))
+        stats.accepted.append(record.n_accepted)
         stats.new_tokens += len(new)
         done = done or stats.new_tokens >= max_new_tokens
         # Rollback: keep only cache entries of tokens that are still in seq. The newest token
         # (correction or bonus) has not been fed to the target yet.
         runner.rollback(seq.shape[1] - 1)
-        drafter.update(seq, n, verified)
+        drafter.update(seq, record.n_accepted, verified)
     stats.target_calls, stats.draft_calls = runner.calls, drafter.calls
     return SpecOutput(sequences=seq, stats=stats)

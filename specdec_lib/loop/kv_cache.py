@@ -46,12 +46,16 @@ class ModelRunner:
         """How many leading positions of the sequence the cache already holds."""
         return 0 if self.cache is None else self.cache.get_seq_length()
 
-    def forward(self, seq: torch.Tensor, keep: int = 1, hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    @torch.inference_mode()  # a runner only decodes; callers outside the loop need no context manager
+    def forward(self, seq: torch.Tensor, keep: int = 1, hidden: bool = False, **tree_inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass over seq (1, L): logits of the last `keep` positions (keep, V), and with `hidden`
-        the last layer's hidden states of every position fed in this call (n_fed, d)."""
+        the last layer's hidden states of every position fed in this call (n_fed, d).
+
+        `tree_inputs` (position_ids, a 4D attention_mask) go to the model as given: chapter 09's trees.
+        """
         new = seq[:, self.cached_length :].to(self.model.device)
         out = self.model(input_ids=new, cache=self.cache, use_cache=self.cache is not None,
-                         logits_to_keep=keep, output_hidden_states=hidden)
+                         logits_to_keep=keep, output_hidden_states=hidden, **tree_inputs)
         self.calls += 1
         return out.logits[0, -keep:], out.hidden_states[-1][0] if hidden else None
 

@@ -11,14 +11,20 @@ from matplotlib.ticker import MaxNLocator
 
 from ..bench.theory import estimate_alpha, expected_speedup, expected_tokens_per_step
 from ..loop.generate import SpecStats, pool_steps
+from ..loop.tree import TokenTree, allowed_attention
 
-MEASURED, PREDICTED = "#0072B2", "#E69F00"  # Okabe-Ito blue and orange
+MEASURED, PREDICTED, TREE = "#0072B2", "#E69F00", "#009E73"  # Okabe-Ito blue, orange and green
 
 
 def plot_k_sweep(runs: Sequence[Mapping], alpha: float, c: float, title: str = "") -> Figure:
-    """Two panels over K: speedup and tokens per target call, predicted curves with measured points."""
+    """Two panels over K: speedup and tokens per target call, predicted curves with measured points.
+
+    Token-tree runs (with a `tree` key, chapter 09) are drawn as labelled stars at their depth.
+    """
+    trees = [r for r in runs if r.get("tree")]
+    runs = [r for r in runs if not r.get("tree")]
     ks = [r["k"] for r in runs]
-    grid = np.arange(1, max(ks) + 1)
+    grid = np.arange(1, max(ks + [r["k"] for r in trees]) + 1)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot(grid, [expected_speedup(alpha, k, c) for k in grid], "--", color=PREDICTED,
               label=f"predicted (α={alpha:.2f}, c={c:.2f})")
@@ -28,6 +34,11 @@ def plot_k_sweep(runs: Sequence[Mapping], alpha: float, c: float, title: str = "
     right.plot(grid, [expected_tokens_per_step(alpha, k) for k in grid], "--", color=PREDICTED, label="predicted")
     right.plot(ks, [r["tokens_per_target_call"] for r in runs], "s", color=MEASURED, label="measured")
     right.set(xlabel="K (draft tokens per step)", ylabel="new tokens per target call", title="Tokens per target call")
+    for ax, key in ((left, "speedup"), (right, "tokens_per_target_call")):
+        for i, r in enumerate(trees):
+            ax.plot(r["k"], r[key], "*", ms=11, color=TREE, label="token trees (depth on x)" if i == 0 else None)
+            ax.annotate(str(tuple(r["tree"])), (r["k"], r[key]), textcoords="offset points",
+                        xytext=(6, 4), fontsize=8)
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -102,5 +113,42 @@ def plot_accepted_histogram(stats: SpecStats | Sequence[SpecStats], title: str =
     ax.set(xlabel="accepted draft tokens in a step", ylabel="fraction of steps", title=title or "Accepted tokens per step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tree_step(tree: TokenTree, labels: Sequence[str], path: Sequence[int], committed: int = 3,
+                   root_label: str = "root") -> Figure:
+    """One tree step (chapter 09): the drafted tree with the accepted path highlighted, and its attention mask."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.35, 1]})
+    levels = [list(tree.level(d)) for d in range(1, tree.depth + 1)]
+    xy = {-1: (0.0, 0.5)}
+    for d, level in enumerate(levels, start=1):
+        for j, node in enumerate(level):
+            xy[node] = (float(d), 1 - (j + 0.5) / len(level))
+    accepted = set(path)
+    for node, parent in enumerate(tree.parents):
+        on_path = node in accepted
+        (x0, y0), (x1, y1) = xy[parent], xy[node]
+        left.plot([x0, x1], [y0, y1], color=TREE if on_path else "#BBBBBB", lw=2.5 if on_path else 1, zorder=1)
+    for node, (x, y) in xy.items():
+        text = root_label if node < 0 else f"{node}: {labels[node]}"
+        face = "#FFFFFF" if node < 0 else ("#D5F0E6" if node in accepted else "#F2F2F2")
+        edge = TREE if node in accepted or node < 0 else "#999999"
+        left.text(x, y, text, ha="center", va="center", fontsize=9, zorder=2,
+                  bbox=dict(boxstyle="round,pad=0.3", fc=face, ec=edge, lw=1.5 if node in accepted else 0.8))
+    left.set(xlim=(-0.6, tree.depth + 0.6), ylim=(-0.05, 1.05), title="Drafted tree (green: the accepted path)")
+    left.set_xticks(range(tree.depth + 1), ["root"] + [f"depth {d}" for d in range(1, tree.depth + 1)])
+    left.set_yticks([])
+    for side in ("top", "right", "left"):
+        left.spines[side].set_visible(False)
+    mask = allowed_attention(tree, committed, rows=tree.size, columns=committed + tree.size)
+    right.imshow(mask.numpy(), cmap="Greens", vmin=0, vmax=1.4, aspect="auto")
+    right.set_xticks(range(committed + tree.size), [f"c{i}" for i in range(committed)] + [str(i) for i in range(tree.size)],
+                     fontsize=8)
+    right.set_yticks(range(tree.size), [str(i) for i in range(tree.size)], fontsize=8)
+    right.axvline(committed - 0.5, color="black", lw=0.8)
+    right.set(xlabel=f"keys: {committed} committed tokens (c0..), then the nodes", ylabel="queries: the nodes",
+              title="Tree attention mask (green: may attend)")
     fig.tight_layout()
     return fig
