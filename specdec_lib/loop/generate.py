@@ -77,11 +77,16 @@ class SpecStats:
     @property
     def per_position_acceptance(self) -> list[float]:
         """Entry i: fraction of steps accepting draft position i among steps that reached it (nan if none)."""
-        rates = []
-        for i in range(self.k):
-            reached = [a for p, a in zip(self.proposed, self.accepted) if p > i and a >= i]
-            rates.append(sum(a > i for a in reached) / len(reached) if reached else math.nan)
-        return rates
+        return acceptance_per_position(self.proposed, self.accepted, self.k)
+
+
+def acceptance_per_position(proposed: Sequence[int], accepted: Sequence[int], k: int) -> list[float]:
+    """Entry i < k: among steps that drafted position i and accepted everything before it, the share accepting it."""
+    rates = []
+    for i in range(k):
+        reached = [a for p, a in zip(proposed, accepted) if p > i and a >= i]
+        rates.append(sum(a > i for a in reached) / len(reached) if reached else math.nan)
+    return rates
 
 
 def pool_steps(stats: Iterable[SpecStats]) -> tuple[list[int], list[int]]:

@@ -138,15 +138,18 @@ def _additive(allowed: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
     return mask[None, None].to(model.device)
 
 
-def _attention_layers(model: PreTrainedModel, cache: DynamicCache | None) -> dict[str, tuple[int, object]]:
-    """One (layer index, cache layer) per attention type of the model, keyed by its name in config.layer_types."""
+def _attention_layers(model: PreTrainedModel, cache: DynamicCache | None) -> dict[str, object]:
+    """One cache layer per attention type of the model, keyed by the type's name in config.layer_types.
+
+    Without a cache, a fresh DynamicCache built from the config says which layers slide, and how far.
+    """
     layers = (cache if cache is not None else DynamicCache(config=model.config)).layers
     names = getattr(model.config, "layer_types", None) or ["attention"] * len(layers)
-    kinds: dict[str, tuple[int, object]] = {}
+    kinds: dict[str, object] = {}
     for i, layer in enumerate(layers):
         if not hasattr(layer, "keys") or getattr(layer, "is_compileable", False):
             raise NotImplementedError(f"token trees need key/value cache layers; layer {i} is a {type(layer).__name__}")
-        kinds.setdefault(names[i], (i, layer))
+        kinds.setdefault(names[i], layer)
     return kinds
 
 
@@ -165,7 +168,7 @@ def tree_attention_inputs(
     cached = 0 if cache is None else cache.get_seq_length()
     rows = committed + tree.size - cached
     masks = {}
-    for name, (_, layer) in _attention_layers(model, cache).items():
+    for name, layer in _attention_layers(model, cache).items():
         sliding = getattr(layer, "is_sliding", False)
         columns = layer.get_mask_sizes(rows)[0] if cache is not None else committed + tree.size
         window = layer.sliding_window if sliding else None
