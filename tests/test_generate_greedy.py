@@ -36,7 +36,7 @@ def test_baseline_matches_hf_generate(arch):
         assert torch.equal(autoregressive_generate(target, p, max_new_tokens=NEW, use_cache=True), ref)
 
 
-@pytest.mark.parametrize("k", range(1, 9))
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 8])  # 5 and 7 run in the kernel grid below
 @pytest.mark.parametrize("level", AGREEMENT)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("use_cache", [False, True], ids=["uncached", "cached"])

@@ -97,14 +97,16 @@ class ModelDrafter:
         tree, self.proposed = tree.truncated(depth), 0  # the length schedule is for chains
         if tree is None:
             return Proposal(seq.new_empty(0))
-        ranks = torch.tensor(tree.child_ranks(), device=seq.device)
+        ranks = tree.child_ranks()
         logits, above = self.runner.logits(seq), range(0, 1)  # rows: the root, then each depth's nodes in turn
         nodes = seq.new_empty(0)
         for d in range(1, depth + 1):
             level = tree.level(d)
-            rows = torch.tensor([max(tree.parents[i] - above.start, 0) for i in level], device=logits.device)  # root: row 0
-            top = logits.topk(int(ranks[level.start : level.stop].max()) + 1, dim=-1).indices
-            nodes = torch.cat([nodes, top[rows, ranks[level.start : level.stop].to(top.device)].to(seq.device)])
+            rows = [max(tree.parents[i] - above.start, 0) for i in level]  # each node's parent's row (root: 0)
+            level_ranks = [ranks[i] for i in level]
+            top = logits.topk(max(level_ranks) + 1, dim=-1).indices  # every parent's best guesses, best first
+            pick = torch.tensor([rows, level_ranks], device=top.device)  # built on the host: no device sync
+            nodes = torch.cat([nodes, top[pick[0], pick[1]].to(seq.device)])
             if d < depth:  # the deepest nodes need no guesses after them
                 logits = tree_forward(self.runner, seq, nodes, TokenTree(tree.parents[: level.stop]), keep=len(level))[0]
                 self.runner.rollback(seq.shape[1])  # keep the committed text cached; nodes are re-fed next depth
