@@ -4,13 +4,19 @@
 #      chains of every K in KS and the token trees in TREES (chapter 09);
 #   2. the seed-sized random pair (gpt2-medium / gpt2 shapes), timed with the acceptance rate that
 #      run 1 measured imposed on it (its random draft never agrees; see specdec_lib/bench/seed_pair.py);
-#   3. every notebook under nbval with SPECDEC_DEVICE set to the device, so that they are checked there too
+#   3. chapter 10: both pairs again with the static cache and compiled steps (K sweep), and `bench compare`
+#      on the embedded pair at COMPARE_K: target only and our loop, eager dynamic / static / static+compiled,
+#      next to HF assisted generation (it has no static cache), all in one process;
+#   4. every notebook under nbval with SPECDEC_DEVICE set to the device, so that they are checked there too
 #      (its log goes to OUTDIR/${prefix}_notebooks.log; NOTEBOOKS=0 skips it, NBVAL_ARGS adds pytest flags).
 #
 #   scripts/gpu_results.sh [OUTDIR]        on a CUDA machine with the environment (default OUTDIR docs/results)
 #   DEVICE=cpu DTYPE=float32 QUICK=1 scripts/gpu_results.sh /tmp/dry    the same path, small, on a CPU
 # Environment: PYTHON (default python3), DEVICE (cuda), DTYPE (bfloat16), KS (1,2,3,4,6,8),
-#   TREES ("2,2,1,1 4,2,1,1 8,4,2,1", space-separated), QUICK, NOTEBOOKS (1), NBVAL_ARGS.
+#   TREES ("2,2,1,1 4,2,1,1 8,4,2,1", space-separated), COMPARE_K (4), COMPILE (1; QUICK makes it 0: compiling
+#   SmolLM2 takes minutes on a CPU, so the dry run takes the static paths eagerly and tests/test_static_cache.py
+#   covers compiling), QUICK (small runs; chapter 10's two static sweeps are left out, compare stays),
+#   NOTEBOOKS (1), NBVAL_ARGS.
 set -euo pipefail
 out=${1:-docs/results}
 py=${PYTHON:-python3}
@@ -20,8 +26,15 @@ ks=${KS:-1,2,3,4,6,8}
 trees=${TREES:-2,2,1,1 4,2,1,1 8,4,2,1}
 # A prefix names where the numbers came from, so a dry run never overwrites GPU results.
 prefix=$([[ $device == cuda ]] && echo gpu || echo "$device")
+compare_k=${COMPARE_K:-4}
 size=(--repeats 3)
-if [[ -n ${QUICK:-} ]]; then size=(--max-new-tokens 8 --num-prompts 1 --repeats 1); ks=1,2; trees=2,1; prefix=quick_$prefix; fi
+compare_size=(--prompts 5 --max-new-tokens 64 --repeats 3)
+if [[ -n ${QUICK:-} ]]; then
+    size=(--max-new-tokens 8 --num-prompts 1 --repeats 1); ks=1,2; trees=2,1; prefix=quick_$prefix
+    compare_size=(--prompts 1 --max-new-tokens 8 --repeats 1); compare_k=2; : "${COMPILE:=0}"
+fi
+loop=(--cache static)
+[[ ${COMPILE:-1} == 1 ]] && loop+=(--compile)
 mkdir -p "$out"
 common=(--device "$device" --dtype "$dtype" --k "$ks" "${size[@]}")
 
@@ -32,6 +45,14 @@ for tree in $trees; do tree_flags+=(--tree "$tree"); done
     --out "$out/${prefix}_smollm2.json" --plot "$out/${prefix}_smollm2.png"
 "$py" -m specdec_lib.bench --preset seed-gpt2 --alpha "$out/${prefix}_smollm2.json" "${common[@]}" \
     --out "$out/${prefix}_seed_gpt2.json" --plot "$out/${prefix}_seed_gpt2.png"
+if [[ -z ${QUICK:-} ]]; then  # the two sweeps above, static (and compiled): about a minute of the dry run's time
+    "$py" -m specdec_lib.bench --preset smollm2 "${common[@]}" "${loop[@]}" \
+        --out "$out/${prefix}_smollm2_static.json" --plot "$out/${prefix}_smollm2_static.png"
+    "$py" -m specdec_lib.bench --preset seed-gpt2 --alpha "$out/${prefix}_smollm2.json" "${common[@]}" "${loop[@]}" \
+        --out "$out/${prefix}_seed_gpt2_static.json" --plot "$out/${prefix}_seed_gpt2_static.png"
+fi
+"$py" -m specdec_lib.bench compare --pair smollm2 --device "$device" --dtype "$dtype" --k "$compare_k" \
+    "${compare_size[@]}" "${loop[@]}" --out "$out/${prefix}_smollm2_compare.json"
 if [[ ${NOTEBOOKS:-1} == 1 ]]; then
     # -o addopts= drops pyproject's options, so that the run's own flags are the whole story.
     SPECDEC_DEVICE="$device" "$py" -m pytest -o addopts= -p no:cacheprovider --nbval-lax --nbval-current-env \

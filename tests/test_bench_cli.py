@@ -73,6 +73,32 @@ def test_compare_cli_runs_all_four_methods(capsys):
     assert "ours / HF assisted generation" in capsys.readouterr().out
 
 
+def test_compare_cli_adds_static_and_compiled_loops(tmp_path, capsys):
+    from specdec_lib.bench.cli import compare
+
+    out = tmp_path / "c.json"
+    result = compare(["--pair", "tiny-gpt2", "--k", "2", "--max-new-tokens", "8", "--repeats", "1",
+                      "--cache", "static", "--compile", "--out", str(out)])
+    assert result.outputs_agree and len(result.methods) == 8
+    saved = json.loads(out.read_text())
+    static_compiled = "speculative (static cache, compiled)"
+    assert {"target only (static cache)", "speculative (static cache)", static_compiled} <= set(saved["methods"])
+    assert all(m["outputs_match_target"] for m in saved["methods"].values())
+    assert saved["loops"][static_compiled]["vs_its_target_only"] == pytest.approx(
+        result.ratio(static_compiled, "target only (static cache, compiled)"))
+    assert f"{static_compiled} vs HF assisted generation" in capsys.readouterr().out
+
+
+def test_cli_sweeps_the_static_loop(tmp_path):
+    """Eager here; compiling goes through the same benchmark() settings, which the compare test above compiles."""
+    out = tmp_path / "s.json"
+    main(["--preset", "tiny-gpt2", "--k", "1,3", "--max-new-tokens", "8", "--num-prompts", "2",
+          "--repeats", "1", "--cache", "static", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["cache_implementation"] == "static" and saved["compile"] is False
+    assert all(r["outputs_match_target"] and r["new_tokens"] == 16 for r in saved["runs"])
+
+
 @pytest.mark.parametrize(
     "flags, hf_method",
     [(["--draft", "prompt-lookup"], "HF prompt lookup"),

@@ -38,6 +38,9 @@ BENCH = [
     ("--confidence-threshold", ["--preset", "tiny-gpt2", "--draft", "prompt-lookup", "--confidence-threshold", "0.4"]),
     ("--schedule", ["--schedule", "fast"]),
     ("--prompt-set", ["--prompt-set", "nope"]),
+    ("--cache", ["--cache", "paged"]),
+    ("--compile", ["--compile"]),  # needs --cache static
+    ("--cache", ["--preset", "tiny-gpt2", "--tree", "2", "--cache", "static"]),  # trees keep a dynamic cache
     ("--draft", ["--preset", "tiny-gpt2", "--draft", "int8"]),  # the random pairs bring their own draft
     ("--hf", ["--hf=yes"]),  # switches take no value
     ("--no-cpu-kernels", ["--no-cpu-kernels=1"]),
@@ -49,6 +52,11 @@ COMPARE = [
     ("--prompts", ["--prompts", "0"]),
     ("--repeats", ["--repeats", "1.5"]),
     ("--no-hf", ["--no-hf=1"]),
+    ("--cache", ["--cache", "paged"]),
+    ("--compile", ["--compile"]),
+    ("--dtype", ["--dtype", "float8"]),
+    ("--device", ["--device", "tpu"]),
+    ("--out", ["--out", NO_DIR]),
 ]
 TRAINING = [
     ("--threads", ["data", "--out", "/tmp/c.pt", "--threads", "-1"]),

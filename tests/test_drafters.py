@@ -13,6 +13,7 @@ import torch
 from conftest import cached_pair, prompts
 from specdec_lib import speculative_generate
 from specdec_lib.drafters import ModelDrafter, PromptLookupDrafter, lookup_continuation
+from specdec_lib.loop.kv_cache import CacheSpec
 from specdec_lib.loop.sampling_check import chi2_pvalue
 from specdec_lib.testing import exact_two_token_distribution, tiny_pair
 
@@ -147,8 +148,8 @@ class RecordingDrafter(ModelDrafter):
 
     needs_hidden_states = True
 
-    def start(self, target, input_ids, *, use_cache=True):
-        super().start(target, input_ids, use_cache=use_cache)
+    def start(self, target, input_ids, *, cache=CacheSpec()):
+        super().start(target, input_ids, cache=cache)
         self.seen = []
 
     def update(self, seq, n_accepted, verified):

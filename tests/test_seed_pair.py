@@ -80,6 +80,22 @@ def test_loop_under_imposed_alpha_matches_the_formula():
     assert np.mean(full) + 1 == pytest.approx(expected_tokens_per_step(alpha, k), rel=0.12)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["static", "static+compiled"])
+def test_imposed_alpha_on_a_static_cache(compiled):
+    """Chapter 10 on the seed pair: the wrapper shares its model's static cache and imposes its verdict after the
+    compiled call, so each seed draws the same accept/reject pattern as on the dynamic cache."""
+    target, draft = cached_pair("gpt2", "low")
+
+    def run(**loop) -> list[int]:
+        imposed = ImposedAcceptance(target, 0.6, torch.Generator().manual_seed(1))
+        return speculative_generate(imposed, draft, torch.tensor([[1, 2, 3]]), max_new_tokens=40, k=3, **loop).stats.accepted
+
+    static = dict(cache_implementation="static", compile=compiled)
+    assert run(**static) == run()
+    cache = target.__dict__["_specdec_static_caches"]
+    assert len(cache) == 1 and run(**static) and len(cache) == 1  # a new wrapper per run, the model's one cache
+
+
 def test_benchmark_imposes_one_pattern_per_prompt():
     """Each prompt gets its own accept/reject draws, and the same ones on every call (repeats do equal work)."""
     target, draft = cached_pair("gpt2", "low")
@@ -140,7 +156,7 @@ def test_bench_cli_rejects_bad_alpha_use(args, capsys):
 
 
 def test_gpu_results_script_dry_run(tmp_path):
-    """scripts/gpu_results.sh, small and on the CPU: both pairs run, and the seed pair takes the first's alpha."""
+    """scripts/gpu_results.sh, small and on the CPU: both pairs run (dynamic and static), the seed pair takes the first's alpha."""
     root = Path(__file__).resolve().parent.parent
     # The notebook step only collects here: running every notebook is `make test`'s job.
     env = dict(os.environ, PYTHON=sys.executable, DEVICE="cpu", DTYPE="float32", QUICK="1", NBVAL_ARGS="--collect-only")
@@ -152,5 +168,11 @@ def test_gpu_results_script_dry_run(tmp_path):
     assert all(r["outputs_match_target"] for r in smollm2["runs"])
     assert [r["tree"] for r in smollm2["runs"]] == [None, None, [2, 1]]
     assert (tmp_path / "quick_cpu_seed_gpt2.png").stat().st_size > 10_000
+    # Chapter 10's compare table (static and, on a GPU, compiled); QUICK leaves out the static sweeps, whose
+    # command lines are the two above plus --cache/--compile (tests/test_bench_cli.py runs those flags).
+    assert not list(tmp_path.glob("*_static.json"))
+    compare = json.loads((tmp_path / "quick_cpu_smollm2_compare.json").read_text())
+    assert {"target only (static cache)", "speculative (static cache)", "HF assisted generation"} <= set(compare["methods"])
+    assert compare["methods"]["speculative (static cache)"]["outputs_match_target"]
     log = (tmp_path / "quick_cpu_notebooks.log").read_text()
     assert all(f"{name}.ipynb" in log for name in ("01_single_step", "06_train_your_own_draft")), log[-2000:]

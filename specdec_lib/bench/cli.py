@@ -3,7 +3,9 @@
     python -m specdec_lib.bench --preset smollm2 --k 1,2,4,8 --out r.json --plot r.png
     python -m specdec_lib.bench --preset seed-gpt2 --alpha docs/results/cpu_smollm2.json --k 1,2
     python -m specdec_lib.bench --k 1,2,4 --tree 2,2,1,1 --tree 3,1
+    python -m specdec_lib.bench --cache static --compile --k 1,2,4
     python -m specdec_lib.bench compare --pair tiny-gpt2 --max-new-tokens 256
+    python -m specdec_lib.bench compare --cache static --compile --out c.json
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from .args import (
 
 PROMPT_SETS = {"varied": DEFAULT_PROMPTS, "grounded": GROUNDED_PROMPTS}
 from .report import chain_runs, device_name, format_report, pooled_alpha_c
-from .runs import BenchResult, benchmark, sweep_k
+from .runs import BenchResult, benchmark, loop_label, loop_methods, sweep_k
 from .seed_pair import SEED_PAIR_NAME, read_alpha, seed_sized_pair
 from .theory import optimal_k
 
@@ -105,7 +107,11 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
                         help="keep PyTorch's stock CPU kernels (see specdec_lib.models.cpu_kernels)")
     parser.add_argument("--alpha", help="impose this acceptance rate instead of checking drafts (timing only): "
                         "a number, or a bench JSON of a real pair whose pooled alpha to use; needed by seed-gpt2")
+    _loop_flags(parser, "the loop and the target-only run it is compared with")
     args = parser.parse_args(argv)
+    _check_loop_flags(parser, args)
+    if args.tree and args.cache == "static":
+        parser.error("--tree gathers the accepted path in a dynamic cache: drop --cache static for tree runs")
     if args.tree and (args.temperature > 0 or args.alpha is not None or args.draft == PROMPT_LOOKUP):
         parser.error("--tree verifies greedily with a draft model: it needs --temperature 0, no --alpha and a draft model")
     if args.tree and (args.confidence_threshold is not None or args.schedule != "constant"):
@@ -137,10 +143,11 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         texts = [f"<random prompt {i}: {p.tolist()[0]}>" for i, p in enumerate(prompts)]
     else:
         prompts = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
-    print(f"{name}\ndevice {target.device}, {args.dtype}, temperature {args.temperature}, "
+    print(f"{name}\ndevice {target.device}, {args.dtype}, {loop_label(args.cache, args.compile)}, temperature {args.temperature}, "
           f"{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
     runs = sweep_k(target, draft, prompts, args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                   temperature=args.temperature, impose_alpha=imposed, include_hf=args.hf, trees=args.tree)
+                   temperature=args.temperature, impose_alpha=imposed, include_hf=args.hf, trees=args.tree,
+                   cache_implementation=args.cache, compile=args.compile)
     alpha, c = pooled_alpha_c(runs)
     best = max(chain_runs(runs), key=lambda r: r["speedup"])
     report = {
@@ -149,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         "repeats": args.repeats, "prompts": texts, "alpha_imposed": imposed, "alpha_source": alpha_source,
         "alpha": alpha, "c": c, "cpu_kernels": args.cpu_kernels, "prompt_set": None if args.prompts else args.prompt_set,
         "confidence_threshold": args.confidence_threshold, "schedule": args.schedule,
+        "cache_implementation": args.cache, "compile": args.compile,
         "best_k_measured": best["k"], "best_k_predicted": optimal_k(alpha, c), "runs": runs,
     }
     print(format_report(report))
@@ -161,8 +169,23 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     return report
 
 
+def _loop_flags(parser: argparse.ArgumentParser, applies_to: str) -> None:
+    """--cache and --compile (chapter 10), the same in both commands."""
+    parser.add_argument("--cache", choices=["dynamic", "static"], default="dynamic",
+                        help=f"KV cache of {applies_to}: dynamic (grows, cropped on rejection) or static "
+                        "(preallocated, rolled back by position)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the fixed-size calls (CUDA graphs on a GPU); needs --cache static")
+
+
+def _check_loop_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--compile only with --cache static: one usage line, before any model loads."""
+    if args.compile and args.cache != "static":
+        parser.error("--compile needs --cache static (a dynamic cache changes shape every step, so it would recompile)")
+
+
 def compare(argv: Sequence[str] | None = None) -> BenchResult:
-    """Time the four decoding methods on one pair and print the table and the ratios."""
+    """Time the four decoding methods on one pair and print the table and the ratios; --cache/--compile add two more."""
     parser = argparse.ArgumentParser(prog="python -m specdec_lib.bench compare", description=compare.__doc__)
     parser.add_argument("--pair", choices=["tiny-gpt2", "smollm2"], default="smollm2")
     parser.add_argument("--k", type=positive_int, default=4)
@@ -170,22 +193,51 @@ def compare(argv: Sequence[str] | None = None) -> BenchResult:
     parser.add_argument("--prompts", type=positive_int, default=2, help="how many built-in prompts to use")
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face assisted generation")
+    parser.add_argument("--device", type=device, default=None, help="cpu, cuda or mps (default: best available)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--out", type=writable_path, help="write the table as JSON here")
+    _loop_flags(parser, "extra methods next to the eager dynamic ones: static adds target only and our loop on a "
+                "static cache, --compile adds them compiled as well")
     args = parser.parse_args(argv)
+    _check_loop_flags(parser, args)
     torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
     if args.pair == "tiny-gpt2":
-        target, draft = tiny_gpt2_pair()
+        name = "tiny random GPT-2-style pair (4x256) + noisy copy"
+        target, draft = (m.to(pick_device(args.device), dtype) for m in tiny_gpt2_pair())
         gen = torch.Generator().manual_seed(0)
         prompts = [torch.randint(0, target.config.vocab_size, (1, 8), generator=gen) for _ in range(args.prompts)]
     else:
         with library_errors_to_usage(parser, "--pair"):
-            target, draft, tokenizer, name = load_pair("smollm2")
-        print(name)
+            target, draft, tokenizer, name = load_pair("smollm2", device=args.device, dtype=dtype)
         prompts = [tokenizer(p, return_tensors="pt").input_ids for p in DEFAULT_PROMPTS[: args.prompts]]
+    # --cache static adds the static loop eagerly; --compile adds it compiled too: the whole 2x2 in one process.
+    extra = [("static", False)] * (args.cache == "static") + [("static", True)] * args.compile
+    print(name)
     result = benchmark(target, draft, prompts, k=args.k, max_new_tokens=args.max_new_tokens,
-                       repeats=args.repeats, include_hf=not args.no_hf)
+                       repeats=args.repeats, include_hf=not args.no_hf, extra_loops=extra)
     print(f"pair {args.pair}, k={args.k}, {args.max_new_tokens} new tokens x {len(prompts)} prompts, "
-          f"median of {args.repeats} round-robin repeats, device {target.device}")
+          f"median of {args.repeats} round-robin repeats, device {target.device} ({device_name(target.device)}), {args.dtype}")
     print(result.table())
     print(result.summary())
     print("outputs identical across methods:", result.outputs_agree)
+    if args.out:
+        Path(args.out).write_text(json.dumps(compare_report(result, name, args), indent=2))
+        print("wrote", args.out)
     return result
+
+
+def compare_report(result: BenchResult, pair: str, args: argparse.Namespace) -> dict:
+    """compare's table as JSON: each method's tokens/s, ratio to target only, calls, acceptance, exactness."""
+    methods = {name: {"tokens_per_s": m.tokens_per_s, "vs_target_only": result.ratio(name),
+                      "target_calls": m.target_calls, "acceptance_rate": m.acceptance,
+                      "outputs_match_target": result.matches_target(name)} for name, m in result.methods.items()}
+    loops = {}
+    for loop in result.extra_loops:
+        base_name, spec_name = loop_methods(*loop)
+        loops[spec_name] = {"vs_its_target_only": result.ratio(spec_name, base_name),
+                            **{f"vs_{hf}": result.ratio(spec_name, hf) for hf in methods if hf.startswith("HF")}}
+    return {"pair": pair, "device": str(next(iter(result.methods.values())).outputs[0].device),
+            "device_name": device_name(pick_device(args.device)), "dtype": args.dtype, "k": args.k,
+            "max_new_tokens": args.max_new_tokens, "prompts": args.prompts, "repeats": args.repeats,
+            "alpha": result.alpha, "c": result.c, "methods": methods, "loops": loops}

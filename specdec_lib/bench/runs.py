@@ -52,6 +52,8 @@ class BenchResult:
     alpha: float
     c: float
     tree: tuple[int, ...] | None = None  # branching factors when the loop drafted token trees (k is then its depth)
+    loop: tuple[str, bool] = ("dynamic", False)  # (cache_implementation, compile) of the target-only and cached runs
+    extra_loops: tuple[tuple[str, bool], ...] = ()  # further settings, each a target-only and a speculative method
 
     def ratio(self, name: str, baseline: str = METHODS[0]) -> float:
         """Tokens/s of method `name` over tokens/s of `baseline`."""
@@ -80,11 +82,12 @@ class BenchResult:
 
     def table(self) -> str:
         """A plain-text table of the results, one row per method."""
-        lines = [f"{'method':<26}{'tokens/s':>10}{'vs target':>11}{'target calls':>14}{'acceptance':>12}"]
+        width = max(26, *(len(name) + 2 for name in self.methods))
+        lines = [f"{'method':<{width}}{'tokens/s':>10}{'vs target':>11}{'target calls':>14}{'acceptance':>12}"]
         for name, m in self.methods.items():
             calls = "" if m.target_calls is None else str(m.target_calls)
             acc = "" if m.acceptance is None else f"{m.acceptance:.3f}"
-            lines.append(f"{name:<26}{m.tokens_per_s:>10.1f}{self.ratio(name):>10.2f}x{calls:>14}{acc:>12}")
+            lines.append(f"{name:<{width}}{m.tokens_per_s:>10.1f}{self.ratio(name):>10.2f}x{calls:>14}{acc:>12}")
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -94,9 +97,13 @@ class BenchResult:
         lines = [f"{'speculative (cached) vs target only:':<37}{measured:.2f}x"]
         if uncached in self.methods:
             lines.insert(0, f"{'cached / uncached speculative loop:':<37}{self.ratio(spec, uncached):.2f}x")
-        for hf in (METHODS[3], HF_PROMPT_LOOKUP):
-            if hf in self.methods:
-                lines.append(f"{f'ours / {hf}:':<37}{self.ratio(spec, hf):.2f}x")
+        hfs = [hf for hf in (METHODS[3], HF_PROMPT_LOOKUP) if hf in self.methods]
+        for hf in hfs:
+            lines.append(f"{f'ours / {hf}:':<37}{self.ratio(spec, hf):.2f}x")
+        for loop in self.extra_loops:  # chapter 10: each setting against its own target-only run, and HF's
+            base_name, spec_name = loop_methods(*loop)
+            lines.append(f"{spec_name} vs {base_name}: {self.ratio(spec_name, base_name):.2f}x")
+            lines.extend(f"{spec_name} vs {hf}: {self.ratio(spec_name, hf):.2f}x" for hf in hfs)
         if self.tree is not None:
             spec_run = self.methods[spec]
             lines.append(f"tree {','.join(map(str, self.tree))} (depth {self.k}): "
@@ -180,6 +187,9 @@ def benchmark(
     seed: int = 0,
     impose_alpha: float | None = None,
     tree: Sequence[int] | None = None,
+    cache_implementation: str = "dynamic",
+    compile: bool = False,
+    extra_loops: Sequence[tuple[str, bool]] = (),
     progress: bool = True,
 ) -> BenchResult:
     """Time the decoding methods on the same pair, prompts and k, in this one process.
@@ -190,6 +200,9 @@ def benchmark(
     `impose_alpha` the speculative loops run against `seed_pair.ImposedAcceptance(target)`, which
     accepts each draft token with that probability: for timing random-weight pairs, greedy only, HF left out.
     With `tree` (branching factors, chapter 09) our loops draft token trees; transformers has none, so it is left out.
+    `cache_implementation` and `compile` (chapter 10) set how the target-only run and our cached
+    loop cache and call the models; each (cache_implementation, compile) in `extra_loops` adds a
+    target-only and a speculative method so set (`loop_methods`), timed in the same rounds.
     """
     if impose_alpha is not None and temperature > 0:
         raise ValueError("an imposed acceptance rate replaces the greedy check; it needs temperature 0")
@@ -213,17 +226,25 @@ def benchmark(
         return ImposedAcceptance(target, impose_alpha, torch.Generator(device=device).manual_seed(seed + i))
 
     # Each run decodes prompt i and returns (sequences, stats or None).
+    main = dict(cache_implementation=cache_implementation, compile=compile)
     runs: dict[str, Callable[[int], tuple]] = {
-        METHODS[0]: lambda i: (autoregressive_generate(target, prompts[i], **seeded()), None)}
+        METHODS[0]: lambda i: (autoregressive_generate(target, prompts[i], **main, **seeded()), None)}
     for name, use_cache in ((METHODS[1], False), (METHODS[2], True)):
         if use_cache or include_uncached:
-            runs[name] = lambda i, use_cache=use_cache: _spec(spec_target(i), draft, prompts[i], k, use_cache,
-                                                              tree=tree, **seeded())
+            loop = main if use_cache else {}
+            runs[name] = lambda i, use_cache=use_cache, loop=loop: _spec(
+                spec_target(i), draft, prompts[i], k, use_cache, tree=tree, **loop, **seeded())
+    for implementation, compiled in extra_loops:
+        loop = dict(cache_implementation=implementation, compile=compiled)
+        base_name, spec_name = loop_methods(implementation, compiled)
+        runs[base_name] = lambda i, loop=loop: (autoregressive_generate(target, prompts[i], **loop, **seeded()), None)
+        runs[spec_name] = lambda i, loop=loop: _spec(spec_target(i), draft, prompts[i], k, True, tree=tree, **loop, **seeded())
     hf = hf_counterpart(draft, k=k, max_new_tokens=max_new_tokens)
     if include_hf and hf is not None and temperature == 0 and impose_alpha is None and tree is None:
         runs[hf[0]] = lambda i: (hf[1](target, prompts[i]), None)
-    for run in runs.values():  # warm-up: first calls allocate caches and pick kernels
-        run(0)
+    for run in runs.values():  # warm-up: first calls allocate caches, pick kernels and compile
+        for i in range(len(prompts)) if compile or any(c for _, c in extra_loops) else (0,):
+            run(i)  # compiled runs see every prompt once, so that no timed pass meets a new shape
     passes: dict[str, list] = {name: [] for name in runs}
     # Round-robin over methods in every repeat, so a slow spell of a noisy machine hits all of them.
     for _ in trange(repeats, desc="benchmark repeats", leave=False, disable=not progress):
@@ -239,7 +260,7 @@ def benchmark(
             result.target_calls = sum(s.target_calls for s in stats)
             proposed, accepted = pool_steps(stats)
             result.acceptance = sum(accepted) / sum(proposed) if sum(proposed) else math.nan
-        elif name == METHODS[0]:
+        elif name.startswith("target only"):
             result.target_calls = new_tokens
         methods[name] = result
     spec = methods[METHODS[2]]
@@ -248,8 +269,21 @@ def benchmark(
     # without a model (prompt lookup) costs a lookup, not a forward pass: c = 0.
     model = draft_model(draft)
     c = 0.0 if model is None else measure_cost_ratio(
-        target, model, spec.outputs[0], at_lengths=_spread(prompts[0].shape[1], spec.outputs[0].shape[1]))
-    return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c, tree=tree)
+        target, model, spec.outputs[0], at_lengths=_spread(prompts[0].shape[1], spec.outputs[0].shape[1]),
+        loop=(cache_implementation, compile))
+    return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c, tree=tree, loop=(cache_implementation, compile),
+                       extra_loops=tuple(extra_loops))
+
+
+def loop_label(cache_implementation: str, compile: bool) -> str:
+    """How a loop caches and calls its models, in words: 'dynamic cache', 'static cache, compiled'."""
+    return f"{cache_implementation} cache" + (", compiled" if compile else "")
+
+
+def loop_methods(cache_implementation: str, compile: bool) -> tuple[str, str]:
+    """The names of the target-only and the speculative method run with these settings."""
+    label = loop_label(cache_implementation, compile)
+    return f"target only ({label})", f"speculative ({label})"
 
 
 def _spread(start: int, end: int, n: int = 3) -> list[int]:
@@ -278,20 +312,24 @@ def sweep_k(
     impose_alpha: float | None = None,
     include_hf: bool = False,
     trees: Sequence[Sequence[int]] = (),
+    cache_implementation: str = "dynamic",
+    compile: bool = False,
     progress: bool = True,
 ) -> list[dict]:
     """Benchmark the cached loop against the target alone for each k, then each token tree; one JSON-ready dict per run.
 
     With `include_hf`, transformers' counterpart of the draft is timed too (keys `hf_method`,
     `hf_tokens_per_s`, `hf_speedup`). A tree's run has `tree` (its branching factors) and `k` its
-    depth; the chain formula's predictions are None there.
+    depth; the chain formula's predictions are None there. `cache_implementation` and `compile`
+    apply to both the loop and the target-only run it is compared with (chapter 10).
     """
     runs = []
     shapes = [(k, None) for k in ks] + [(len(t), tuple(t)) for t in trees]
     for k, tree in tqdm(shapes, desc="k sweep", disable=not progress):
         r = benchmark(target, draft, prompts, k=k, max_new_tokens=max_new_tokens, repeats=repeats,
                       include_hf=include_hf, include_uncached=False, temperature=temperature,
-                      impose_alpha=impose_alpha, tree=tree, progress=progress)
+                      impose_alpha=impose_alpha, tree=tree, cache_implementation=cache_implementation,
+                      compile=compile, progress=progress)
         spec, base = r.methods[METHODS[2]], r.methods[METHODS[0]]
         hf = next((m for m in (METHODS[3], HF_PROMPT_LOOKUP) if m in r.methods), None)
         extra = {} if hf is None else {

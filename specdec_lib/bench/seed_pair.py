@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
+from ..loop.kv_cache import STATIC_CACHES
 from ..models.cpu_kernels import fast_on_cpu
 
 # (layers, width, heads) of the hub's configs; both have GPT-2's 50,257-token vocabulary and 1,024 positions.
@@ -72,10 +74,26 @@ class ImposedAcceptance:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
         self.model, self.alpha, self.generator = model, alpha, generator
         self.config, self.device = model.config, model.device
+        # Share the model's static caches (chapter 10): a wrapper per run must not allocate, nor recompile, anew.
+        self.__dict__[STATIC_CACHES] = model.__dict__.setdefault(STATIC_CACHES, {})
+
+    def __getattr__(self, name: str):
+        """Everything but the verdict is the wrapped model's: dtype, generation config, its static caches (chapter 10)."""
+        if name == "model":  # not set yet (e.g. while copying): don't recurse
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
     def __call__(self, input_ids: torch.Tensor, **kwargs):
         """The wrapped model's output, with the rows that predict a fed token made to agree with it at random."""
-        out = self.model(input_ids=input_ids, **kwargs)
+        return self._impose(self.model(input_ids=input_ids, **kwargs), input_ids)
+
+    def get_compiled_call(self, compile_config) -> Callable:
+        """The wrapped model's compiled call (chapter 10), its verdict imposed after it, outside the compiled graph."""
+        compiled = self.model.get_compiled_call(compile_config)
+        return lambda input_ids, **kwargs: self._impose(compiled(input_ids=input_ids, **kwargs), input_ids)
+
+    def _impose(self, out, input_ids: torch.Tensor):
+        """Make each row that predicts a fed token pick it with probability alpha, in place in `out`'s logits."""
         logits = out.logits[0]  # (keep, V): the last `keep` fed positions
         keep = logits.shape[0]
         if keep > 1:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import torch
 from transformers import PreTrainedModel
 
-from ..loop.kv_cache import ModelRunner
+from ..loop.kv_cache import CacheSpec, ModelRunner
 
 T = TypeVar("T")
 
@@ -55,9 +55,16 @@ def median_seconds(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _cached_call(model: PreTrainedModel, prefix: torch.Tensor, n_new: int = 1) -> Callable[[], None]:
-    """A function making one cached forward pass over `n_new` tokens after `prefix`, at a fixed cache length."""
-    runner = ModelRunner(model, use_cache=True)
+def _cached_call(
+    model: PreTrainedModel, prefix: torch.Tensor, n_new: int = 1, loop: tuple[str, bool] = ("dynamic", False)
+) -> Callable[[], None]:
+    """A function making one cached forward pass over `n_new` tokens after `prefix`, at a fixed cache length.
+
+    `loop` is (cache_implementation, compile) as in the loops being timed (chapter 10).
+    """
+    spec = CacheSpec(True, loop[0], loop[1], max_length=prefix.shape[1] + n_new)
+    # A role per call length: several of these runners of one model are alive at once, each with its own cache.
+    runner = ModelRunner(model, spec=spec, compiled_lengths=(n_new,), role=f"timing {n_new}")
     prefix = prefix.to(model.device)
     runner.logits(prefix)  # fill the cache
     step = torch.cat([prefix, prefix[:, -1:].repeat(1, n_new)], dim=1)
@@ -76,17 +83,19 @@ def measure_cost_ratio(
     sequence: torch.Tensor,
     at_lengths: Sequence[int] | None = None,
     n_calls: int = 15,
+    loop: tuple[str, bool] = ("dynamic", False),
 ) -> float:
     """c: median time of one cached draft call over one cached target call, averaged over cache lengths.
 
     `sequence` (1, L) is a real run's text; `at_lengths` are the cache lengths to measure at
-    (default: L - 1). Draft and target calls alternate, so machine noise hits both alike.
+    (default: L - 1). Draft and target calls alternate, so machine noise hits both alike. `loop` is
+    (cache_implementation, compile) of the run whose c this is.
     """
     sequence = sequence.view(1, -1)
     ratios = []
     for length in at_lengths or [sequence.shape[1] - 1]:
         prefix = sequence[:, : max(1, min(length, sequence.shape[1] - 1))]
-        calls = {"draft": _cached_call(draft, prefix), "target": _cached_call(target, prefix)}
+        calls = {"draft": _cached_call(draft, prefix, loop=loop), "target": _cached_call(target, prefix, loop=loop)}
         median = median_seconds(calls, target.device, repeats=n_calls, warmup=2)
         ratios.append(median["draft"] / median["target"])
     return statistics.fmean(ratios)

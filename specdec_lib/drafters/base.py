@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedModel
 
+from ..loop.kv_cache import CacheSpec
 from ..loop.sampling import Sampler
 from ..loop.tree import TokenTree
 
@@ -45,8 +46,8 @@ class Drafter(Protocol):
     needs_hidden_states: bool  # True: the loop asks the target for hidden states and passes them in `update`
     calls: int  # forward passes of the drafter's own model so far (0 for model-free drafters)
 
-    def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, use_cache: bool = True) -> None:
-        """Forget any previous run and get ready to draft after `input_ids` (1, n) for `target`."""
+    def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, cache: CacheSpec = CacheSpec()) -> None:
+        """Forget any previous run and get ready to draft after `input_ids` (1, n) for `target`, caching as `cache` says."""
 
     def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
         """Up to k tokens to follow seq (1, L), on seq's device; fewer (even none) when it has no good guess."""

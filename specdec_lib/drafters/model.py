@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..loop.kv_cache import ModelRunner, max_positions
+from ..loop.kv_cache import CacheSpec, ModelRunner, max_positions
 from ..loop.sampling import Sampler
 from ..loop.tree import TokenTree, tree_forward
 from .base import Proposal, Verified
@@ -60,10 +60,12 @@ class ModelDrafter:
         """Forward passes of the draft model in the current run."""
         return self.runner.calls if self.runner else 0
 
-    def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, use_cache: bool = True) -> None:
-        """Check the vocabularies match and start with an empty cache."""
+    def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, cache: CacheSpec = CacheSpec()) -> None:
+        """Check the vocabularies match and start with an empty cache of the kind `cache` asks for."""
         check_same_vocab(target, self.model)
-        self.runner, self.length, self.proposed = ModelRunner(self.model, use_cache), None, 0
+        # Draft calls feed one token, or two after a step whose drafts all passed (the last draft and the bonus).
+        self.runner = ModelRunner(self.model, spec=cache, compiled_lengths=(1, 2), role="draft")
+        self.length, self.proposed = None, 0
 
     def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
         """Append the draft's own choice up to k times (never past its context limit); return them and q when sampling."""

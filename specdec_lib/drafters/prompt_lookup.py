@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from ..loop.kv_cache import CacheSpec
 from ..loop.sampling import Sampler
 from .base import Proposal, Verified
 
@@ -56,7 +57,7 @@ class PromptLookupDrafter:
             raise ValueError(f"min_ngram_size ({min_ngram_size}) must not exceed max_ngram_size ({max_ngram_size})")
         self.max_ngram_size, self.min_ngram_size = max_ngram_size, min_ngram_size
 
-    def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, use_cache: bool = True) -> None:
+    def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, cache: CacheSpec = CacheSpec()) -> None:
         """Nothing to reset: the lookup reads the sequence it is given."""
 
     def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:

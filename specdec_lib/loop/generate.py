@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 
 from ..drafters import Drafter, Proposal, TreeDrafter, Verified, as_drafter
 from .greedy import greedy_verify_tensors
-from .kv_cache import ModelRunner, max_positions
+from .kv_cache import CacheSpec, ModelRunner, max_positions
 from .sampling import Sampler, rejection_verify_tensors
 from .tree import TokenTree, check_branching, greedy_tree_path, keep_path_in_cache, tree_forward
 
@@ -160,12 +160,19 @@ def autoregressive_generate(
     use_cache: bool = True,
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
+    cache_implementation: Literal["dynamic", "static"] = "dynamic",
+    compile: bool = False,
 ) -> torch.Tensor:
-    """Plain decoding, one model call per token: the baseline speculative decoding must reproduce."""
+    """Plain decoding, one model call per token: the baseline speculative decoding must reproduce.
+
+    ``cache_implementation="static"`` and ``compile=True`` give it chapter 10's treatment, so that a
+    compiled speculative loop is timed against a compiled baseline.
+    """
     sampler = Sampler(temperature, top_k, top_p, generator)
     seq = _prepare_prompt(model, input_ids, max_new_tokens)
     eos = _eos_set(eos_token_id)
-    runner = ModelRunner(model, use_cache, croppable=False)
+    spec = CacheSpec(use_cache, cache_implementation, compile, max_length=seq.shape[1] + max_new_tokens)
+    runner = ModelRunner(model, croppable=False, spec=spec, compiled_lengths=(1,))
     for _ in range(max_new_tokens):
         token, _ = sampler.choose(runner.logits(seq)[-1])
         seq = torch.cat([seq, token.view(1, 1)], dim=1)
@@ -241,6 +248,8 @@ def speculative_generate(
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
     verifier: Literal["auto", "greedy", "rejection"] = "auto",
+    cache_implementation: Literal["dynamic", "static"] = "dynamic",
+    compile: bool = False,
 ) -> SpecOutput:
     """Speculative decoding: the draft proposes up to k tokens, the target checks them all in one call.
 
@@ -250,6 +259,8 @@ def speculative_generate(
     temperature 0 (it then reduces to greedy); ``"greedy"`` requires temperature 0.
     ``tree=(2, 2, 1, 1)`` drafts a token tree with these branching factors per depth instead of a
     chain (chapter 09; greedy only, and `k` is then ignored).
+    ``cache_implementation="static"`` preallocates both models' caches and rolls back by moving the
+    write position; ``compile=True`` then compiles the fixed-size calls (chapter 10; chains only).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (draft tokens per step) must be an integer >= 1, got {k!r}")
@@ -265,10 +276,13 @@ def speculative_generate(
         raise NotImplementedError("token trees verify greedily only: use temperature=0 (and verifier 'auto' or 'greedy')")
     if shape is not None and not isinstance(drafter, TreeDrafter):
         raise ValueError(f"{type(drafter).__name__} can't draft token trees (it has no propose_tree); use a draft model")
+    if shape is not None and cache_implementation == "static":
+        raise NotImplementedError("token trees gather their accepted path in a dynamic cache; use cache_implementation='dynamic'")
     seq = _prepare_prompt(target, input_ids, max_new_tokens)
     eos = _eos_set(eos_token_id)
-    runner = ModelRunner(target, use_cache)
-    drafter.start(target, seq, use_cache=use_cache)
+    spec = CacheSpec(use_cache, cache_implementation, compile, max_length=seq.shape[1] + max_new_tokens + k + 1)
+    runner = ModelRunner(target, spec=spec, compiled_lengths=(k + 1,))  # a full step: the last token + k drafts
+    drafter.start(target, seq, cache=spec)
     stats = SpecStats(k=k if shape is None else shape.depth)
     done = max_new_tokens == 0
     while not done:

@@ -1,9 +1,24 @@
-"""Chapter 04: KV caches and their rollback after a rejection, on transformers' own cache classes."""
+"""Chapters 04 and 10: KV caches and their rollback after a rejection, on transformers' own cache classes.
+
+Chapter 04's `DynamicCache` grows by concatenation and is cropped after a rejection. Chapter 10's
+`StaticCache` is preallocated: every call writes at explicit positions, a rollback only moves the
+write position back (the rejected entries are overwritten next time), and since no shape ever
+changes, the fixed-size calls can be compiled once and replayed (gpt-fast's `generate.py`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel, StaticCache
+from transformers.cache_utils import CacheLayerMixin, StaticLayer
+from transformers.generation.configuration_utils import CompileConfig
+
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+STATIC_BUCKET = 128  # static caches are sized in multiples of this, so prompts of similar lengths share compiled calls
+STATIC_CACHES = "_specdec_static_caches"  # the model attribute holding its static caches, reused run after run
 
 
 def max_positions(model: PreTrainedModel) -> int | None:
@@ -31,20 +46,102 @@ def crop_cache(cache: DynamicCache, length: int) -> None:
     cache.crop(-max(cache.get_seq_length() - length, 0))
 
 
-class ModelRunner:
-    """Feeds a model a growing sequence: all of it without a cache, only the unseen tail with one."""
+@dataclass(frozen=True)
+class CacheSpec:
+    """How a run caches and calls its models: chapter 04's dynamic cache, or chapter 10's static one, compiled or not."""
 
-    def __init__(self, model: PreTrainedModel, use_cache: bool = True, croppable: bool = True):
+    use_cache: bool = True
+    implementation: Literal["dynamic", "static"] = "dynamic"
+    compile: bool = False  # compile the fixed-size calls (static cache only)
+    max_length: int | None = None  # static: the most positions a run will hold (prompt + new tokens + k + 1)
+
+    def __post_init__(self) -> None:
+        if self.implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS}, got {self.implementation!r}")
+        if self.implementation == "static" and not self.use_cache:
+            raise ValueError("cache_implementation='static' needs use_cache=True")
+        if self.compile and self.implementation != "static":
+            # A growing cache changes the calls' shapes every step, so each step would recompile.
+            raise ValueError("compile=True needs cache_implementation='static' (a dynamic cache changes shape every step)")
+
+
+@torch.inference_mode()  # its tensors are written in the runner's inference mode, so they are emptied in it too
+def static_cache(model: PreTrainedModel, length: int, role: str = "target") -> StaticCache:
+    """A StaticCache holding at least `length` positions, emptied, reused across runs of `model` in the same role.
+
+    Reusing it keeps the tensors at the same addresses, which compiled calls and CUDA graphs rely on;
+    `role` keeps a model drafting for itself from sharing its target's cache. So a runner's static
+    cache serves one run at a time: the next runner of the same model and role empties it.
+    Sliding-window layers get full-length layers too: a window-sized static layer forgets what a
+    rollback must restore, and the model's mask applies the window from positions anyway.
+    """
+    slots = model.__dict__.setdefault(STATIC_CACHES, {})
+    key = (role, str(model.device), model.dtype)  # a model moved or cast since needs a new cache
+    cache = slots.get(key)
+    if cache is None or cache.layers[0].max_cache_len < length:
+        size = -(-length // STATIC_BUCKET) * STATIC_BUCKET
+        limit = max_positions(model)
+        size = size if limit is None else max(length, min(size, limit))
+        cache = StaticCache(config=model.config, max_cache_len=size)
+        if not all(isinstance(layer, CacheLayerMixin) for layer in cache.layers):
+            raise NotImplementedError(f"{model.config.model_type} has linear-attention layers; use the dynamic cache")
+        cache.layers = [StaticLayer(size) if layer.is_sliding else layer for layer in cache.layers]
+        slots[key] = cache
+    cache.reset()
+    return cache
+
+
+def compiled_call(model: PreTrainedModel) -> Callable:
+    """The model's forward through torch.compile (transformers' `get_compiled_call`), CUDA graphs on a GPU."""
+    # "reduce-overhead" records CUDA graphs: a replay launches the whole step at once. A CPU has none.
+    mode = "reduce-overhead" if model.device.type == "cuda" else "default"
+    # Every (model, call length) is one more graph of the same forward code, and dynamo falls back to
+    # eager after 8 of them: a K sweep (target, draft and baseline) needs more.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return model.get_compiled_call(CompileConfig(mode=mode, fullgraph=False, dynamic=False))
+
+
+class ModelRunner:
+    """Feeds a model a growing sequence: all of it without a cache, only the unseen tail with one.
+
+    `spec`, when given, replaces `use_cache`. With a static one (chapter 10) the runner keeps the
+    cached length itself, and with `spec.compile` the calls of `compiled_lengths` tokens run
+    compiled; the others (the prompt, a short last step) run eagerly, so that no new shape ever
+    triggers a recompile. `role` names the static cache it takes (see `static_cache`).
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, use_cache: bool = True, croppable: bool = True, *,
+        spec: CacheSpec | None = None, compiled_lengths: Sequence[int] = (1,), role: str = "target",
+    ):
         self.model = model
-        # Plain decoding never rolls back, so it keeps transformers' default (window-sized) cache.
-        cache = croppable_cache(model) if croppable else DynamicCache(config=model.config)
-        self.cache = cache if use_cache else None
+        self.spec = spec or CacheSpec(use_cache=use_cache)
+        self.length = 0  # static cache: positions held, i.e. the next write position
+        self.static = self.spec.implementation == "static"
+        if self.static:
+            if self.spec.max_length is None:
+                raise ValueError("a static cache needs spec.max_length, the most positions the run will hold")
+            self.cache = static_cache(model, self.spec.max_length, role)
+        elif self.spec.use_cache:
+            # Plain decoding never rolls back, so it keeps transformers' default (window-sized) cache.
+            self.cache = croppable_cache(model) if croppable else DynamicCache(config=model.config)
+        else:
+            self.cache = None
+        self.compiled = compiled_call(model) if self.spec.compile else None
+        self.compiled_lengths = frozenset(compiled_lengths)
         self.calls = 0
 
     @property
     def cached_length(self) -> int:
         """How many leading positions of the sequence the cache already holds."""
+        if self.static:
+            return self.length  # a host int: no device sync, unlike the cache's own tensor counter
         return 0 if self.cache is None else self.cache.get_seq_length()
+
+    @property
+    def capacity(self) -> int | None:
+        """The most positions a static cache can hold (None: a dynamic cache grows)."""
+        return self.cache.layers[0].max_cache_len if self.static else None
 
     @torch.inference_mode()  # a runner only decodes; callers outside the loop need no context manager
     def forward(self, seq: torch.Tensor, keep: int = 1, hidden: bool = False, **tree_inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -53,17 +150,36 @@ class ModelRunner:
 
         `tree_inputs` (position_ids, a 4D attention_mask) go to the model as given: chapter 09's trees.
         """
-        new = seq[:, self.cached_length :].to(self.model.device)
-        out = self.model(input_ids=new, cache=self.cache, use_cache=self.cache is not None,
-                         logits_to_keep=keep, output_hidden_states=hidden, **tree_inputs)
+        # (1, n) with standard strides: a slice of seq would carry seq's length in its stride, and a
+        # compiled call guards on strides, so it would recompile every step.
+        new = seq[0, self.cached_length :].unsqueeze(0).to(self.model.device)
+        n = new.shape[1]
+        if self.static and self.length + n > self.capacity:
+            raise ValueError(f"the static cache holds {self.capacity} positions; this call needs {self.length + n}")
+        compiled = self.compiled is not None and self.length > 0 and n in self.compiled_lengths and not tree_inputs
+        call = self.compiled if compiled else self.model
+        out = call(input_ids=new, cache=self.cache, use_cache=self.cache is not None,
+                   logits_to_keep=keep, output_hidden_states=hidden, **tree_inputs)
         self.calls += 1
-        return out.logits[0, -keep:], out.hidden_states[-1][0] if hidden else None
+        if self.static:
+            self.length += n
+        logits, states = out.logits[0, -keep:], out.hidden_states[-1][0] if hidden else None
+        if compiled:  # a CUDA graph's outputs are overwritten by its next replay: keep our own copy
+            logits, states = logits.clone(), None if states is None else states.clone()
+        return logits, states
 
     def logits(self, seq: torch.Tensor, keep: int = 1) -> torch.Tensor:
         """Run one forward pass over seq (1, L) and return the logits of its last `keep` positions, (keep, V)."""
         return self.forward(seq, keep)[0]
 
+    @torch.inference_mode()  # a static cache's counter is an inference tensor, moved in place
     def rollback(self, length: int) -> None:
         """Forget every cached position from `length` on, e.g. those of rejected draft tokens."""
-        if self.cache is not None:
+        if self.static:
+            # Free: move the write position back; the next call overwrites the rejected entries,
+            # and until then the causal mask hides them (they sit after every query's position).
+            if length < self.length:
+                self.cache.crop(length - self.length)
+                self.length = length
+        elif self.cache is not None:
             crop_cache(self.cache, length)
