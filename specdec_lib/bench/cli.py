@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         Path(args.out).write_text(json.dumps(report, indent=2))
         print("wrote", args.out)
     if args.plot:
-        plot_k_sweep(runs, alpha, c, title=f"{name} ({device_name(target.device)})").savefig(args.plot, dpi=120)
+        loop = "" if (args.cache, args.compile) == ("dynamic", False) else f"\n{loop_label(args.cache, args.compile)}"
+        plot_k_sweep(runs, alpha, c, title=f"{name} ({device_name(target.device)}){loop}").savefig(args.plot, dpi=120)
         print("wrote", args.plot)
     return report
 
