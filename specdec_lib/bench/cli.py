@@ -223,12 +223,12 @@ def compare(argv: Sequence[str] | None = None) -> BenchResult:
     print(result.summary())
     print("outputs identical across methods:", result.outputs_agree)
     if args.out:
-        Path(args.out).write_text(json.dumps(compare_report(result, name, args), indent=2))
+        Path(args.out).write_text(json.dumps(compare_report(result, name, target.device, args), indent=2))
         print("wrote", args.out)
     return result
 
 
-def compare_report(result: BenchResult, pair: str, args: argparse.Namespace) -> dict:
+def compare_report(result: BenchResult, pair: str, device: torch.device, args: argparse.Namespace) -> dict:
     """compare's table as JSON: each method's tokens/s, ratio to target only, calls, acceptance, exactness."""
     methods = {name: {"tokens_per_s": m.tokens_per_s, "vs_target_only": result.ratio(name),
                       "target_calls": m.target_calls, "acceptance_rate": m.acceptance,
@@ -238,7 +238,6 @@ def compare_report(result: BenchResult, pair: str, args: argparse.Namespace) -> 
         base_name, spec_name = loop_methods(*loop)
         loops[spec_name] = {"vs_its_target_only": result.ratio(spec_name, base_name),
                             **{f"vs_{hf}": result.ratio(spec_name, hf) for hf in methods if hf.startswith("HF")}}
-    return {"pair": pair, "device": str(next(iter(result.methods.values())).outputs[0].device),
-            "device_name": device_name(pick_device(args.device)), "dtype": args.dtype, "k": args.k,
+    return {"pair": pair, "device": str(device), "device_name": device_name(device), "dtype": args.dtype, "k": args.k,
             "max_new_tokens": args.max_new_tokens, "prompts": args.prompts, "repeats": args.repeats,
             "alpha": result.alpha, "c": result.c, "methods": methods, "loops": loops}

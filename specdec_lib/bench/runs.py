@@ -52,7 +52,6 @@ class BenchResult:
     alpha: float
     c: float
     tree: tuple[int, ...] | None = None  # branching factors when the loop drafted token trees (k is then its depth)
-    loop: tuple[str, bool] = ("dynamic", False)  # (cache_implementation, compile) of the target-only and cached runs
     extra_loops: tuple[tuple[str, bool], ...] = ()  # further settings, each a target-only and a speculative method
 
     def ratio(self, name: str, baseline: str = METHODS[0]) -> float:
@@ -271,8 +270,7 @@ def benchmark(
     c = 0.0 if model is None else measure_cost_ratio(
         target, model, spec.outputs[0], at_lengths=_spread(prompts[0].shape[1], spec.outputs[0].shape[1]),
         loop=(cache_implementation, compile))
-    return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c, tree=tree, loop=(cache_implementation, compile),
-                       extra_loops=tuple(extra_loops))
+    return BenchResult(k, max_new_tokens, methods, alpha=alpha, c=c, tree=tree, extra_loops=tuple(extra_loops))
 
 
 def loop_label(cache_implementation: str, compile: bool) -> str:
