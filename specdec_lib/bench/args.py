@@ -81,6 +81,13 @@ def existing_file(text: str) -> str:
     return text
 
 
+def existing_folder(text: str) -> str:
+    """A path to a folder that exists."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {text!r}")
+    return text
+
+
 def existing_files(text: str) -> list[str]:
     """Comma-separated paths to files that exist."""
     paths = [p for p in text.split(",") if p.strip()]

@@ -4,6 +4,7 @@
 - model: `ModelDrafter`, a small causal LM with its own KV cache (chapters 01-06), optionally
   stopping early when unsure or adapting its length (chapter 07), or filling a token tree (chapter 09)
 - prompt_lookup: `PromptLookupDrafter`, no model: continue an n-gram found earlier in the text (chapter 07)
+- eagle: `EagleDrafter` and its `EagleHead`, a draft that reads the target's features (chapter 08)
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Drafter, Proposal, TreeDrafter, Verified
+from .eagle import EagleDrafter, EagleHead
 from .model import ModelDrafter, check_same_vocab
 from .prompt_lookup import PromptLookupDrafter, find_ngram_match, lookup_continuation
 
 
 def as_drafter(draft: Drafter | nn.Module) -> Drafter:
-    """A drafter as given, or a plain draft model wrapped in a ModelDrafter."""
+    """A drafter as given, an EAGLE head in an EagleDrafter, or a plain draft model wrapped in a ModelDrafter."""
+    if isinstance(draft, EagleHead):
+        return EagleDrafter(draft)
     if isinstance(draft, nn.Module) and hasattr(draft, "config"):
         return ModelDrafter(draft)
     if isinstance(draft, Drafter):
@@ -24,5 +28,5 @@ def as_drafter(draft: Drafter | nn.Module) -> Drafter:
     raise TypeError(f"draft must be a causal LM or a Drafter (start/propose/update), got {type(draft).__name__}")
 
 
-__all__ = ["Drafter", "ModelDrafter", "TreeDrafter", "PromptLookupDrafter", "Proposal", "Verified", "as_drafter", "check_same_vocab",
+__all__ = ["Drafter", "EagleDrafter", "EagleHead", "ModelDrafter", "TreeDrafter", "PromptLookupDrafter", "Proposal", "Verified", "as_drafter", "check_same_vocab",
            "find_ngram_match", "lookup_continuation"]

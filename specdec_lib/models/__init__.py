@@ -7,6 +7,7 @@
 from .pairs import (
     DEFAULT_PRESET,
     DEVICE_ENV,
+    EAGLE_DRAFT,
     PRESETS,
     PROMPT_LOOKUP,
     STAND_INS,

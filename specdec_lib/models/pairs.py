@@ -20,6 +20,7 @@ from transformers import modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
 from ..drafters import Drafter, PromptLookupDrafter
+from ..drafters.eagle import EagleDrafter, load_eagle
 from ..drafters.model import check_same_vocab
 from ..training.draft_model import draft_summary, load_draft
 from .cpu_kernels import fast_on_cpu
@@ -39,6 +40,7 @@ SMOLLM2_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF)"
 # reachable by name for comparison. Greedy agreement with the target and time per token relative
 # to it, measured on CPU.
 TRAINED_DRAFT = "trained"
+EAGLE_DRAFT = "eagle"  # chapter 08: a head that reads the target's features (specdec_lib/assets/smollm2_eagle)
 STAND_INS = {
     "int8": "int8 dynamic-quantized copy of the target (CPU only; agreement ~0.55, ~0.6x time)",
     "layers8": "first 8 of 30 layers + the target's head (agreement ~0.01, ~0.33x time)",
@@ -139,7 +141,7 @@ def _truncated_copy(model: PreTrainedModel, n_layers: int) -> PreTrainedModel:
 def stand_in_draft_check(kind: str, device: torch.device) -> None:
     """Raise a ValueError naming the choices when `kind` is not a stand-in that runs on `device`."""
     if kind not in STAND_INS and not re.fullmatch(r"layers[1-9]\d*", kind):
-        raise ValueError(f"unknown draft {kind!r} for SmolLM2; choose {TRAINED_DRAFT!r} (the default), "
+        raise ValueError(f"unknown draft {kind!r} for SmolLM2; choose {TRAINED_DRAFT!r} (the default), {EAGLE_DRAFT!r}, "
                          f"{PROMPT_LOOKUP!r}, a stand-in from {sorted(STAND_INS)}, or 'layersN'")
     if kind == "int8" and device.type != "cpu":
         raise ValueError("the 'int8' stand-in uses dynamic quantization, which runs on CPU only; "
@@ -234,7 +236,7 @@ def load_pair(
     if preset != "smollm2":
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     kind = draft or TRAINED_DRAFT
-    if kind not in (TRAINED_DRAFT, PROMPT_LOOKUP):
+    if kind not in (TRAINED_DRAFT, EAGLE_DRAFT, PROMPT_LOOKUP):
         stand_in_draft_check(kind, device)
     target_model, tokenizer = load_smollm2(device, dtype)
     draft_model, about = smollm2_draft(target_model, kind)
@@ -244,15 +246,20 @@ def load_pair(
 def _with_kernels(pair: ModelPair, cpu_kernels: bool) -> ModelPair:
     """With cpu_kernels, let both models verify several positions at the cost of about one on a CPU."""
     if cpu_kernels:
-        fast_on_cpu(*(m for m in (pair.target, pair.draft) if isinstance(m, torch.nn.Module)))
+        # A draft model itself, or a drafter's own model (EAGLE's head); prompt lookup has none.
+        draft = pair.draft if isinstance(pair.draft, torch.nn.Module) else getattr(pair.draft, "model", None)
+        fast_on_cpu(*(m for m in (pair.target, draft) if isinstance(m, torch.nn.Module)))
     return pair
 
 
 def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[PreTrainedModel | Drafter, str]:
-    """A draft for the SmolLM2 target and a label for it: the shipped trained draft, prompt lookup, or a stand-in."""
+    """A draft for the SmolLM2 target and a label for it: the shipped trained draft, its EAGLE head, prompt lookup, or a stand-in."""
     if kind == TRAINED_DRAFT:
         draft = load_draft(target)
         return draft, f"its trained draft ({draft_summary(draft)})"
+    if kind == EAGLE_DRAFT:
+        head = load_eagle(target)
+        return EagleDrafter(head), f"its EAGLE head ({draft_summary(head)} + the target's features)"
     if kind == PROMPT_LOOKUP:
         return PromptLookupDrafter(), "prompt lookup (no draft model)"
     draft = stand_in_draft(target, kind)

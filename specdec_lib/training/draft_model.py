@@ -105,17 +105,22 @@ def save_draft(draft: RestrictedVocabLlama, folder: str | Path, dtype: torch.dty
     return folder
 
 
-def load_draft(target: PreTrainedModel, folder: str | Path = SMOLLM2_DRAFT_DIR) -> RestrictedVocabLlama:
-    """Load a saved draft onto the target's device and dtype, taking the input embeddings from the target."""
+def load_draft(
+    target: PreTrainedModel, folder: str | Path = SMOLLM2_DRAFT_DIR, cls: type[RestrictedVocabLlama] = RestrictedVocabLlama
+) -> RestrictedVocabLlama:
+    """Load a saved draft (of class `cls`) onto the target's device and dtype, taking the input embeddings from the target."""
     folder = Path(folder)
     if not (folder / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"no trained draft in {folder}: expected {WEIGHTS_FILE} and {CONFIG_FILE} there")
     config = LlamaConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+    saved_as = (config.architectures or [cls.__name__])[0]
+    if saved_as != cls.__name__:
+        raise ValueError(f"{folder} holds a {saved_as}, not a {cls.__name__}")
     if config.vocab_size != target.config.vocab_size or config.hidden_size != target.config.hidden_size:
         raise ValueError(f"the draft in {folder} was trained for another target "
                          f"(vocab {config.vocab_size}, width {config.hidden_size})")
     with torch.device("meta"):  # skip random init of weights we overwrite anyway
-        draft = RestrictedVocabLlama(config)
+        draft = cls(config)
     state = load_file(folder / WEIGHTS_FILE)
     state[SHARED_KEYS[0]] = target.model.embed_tokens.weight.detach()
     draft.load_state_dict(state, assign=True)

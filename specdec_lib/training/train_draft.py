@@ -3,6 +3,7 @@
     python -m specdec_lib.training data  --out corpus.pt          # the target's generations (~25 CPU-min)
     python -m specdec_lib.training train --data corpus.pt --out my_draft
     python -m specdec_lib.training eval  --drafts trained,int8   # held-out agreement and c
+    python -m specdec_lib.training eagle --data corpus.pt --out my_eagle   # chapter 08: train_eagle.py
 
 The exact commands behind the shipped draft are in specdec_lib/assets/smollm2_draft/README.md.
 """
@@ -23,10 +24,12 @@ import torch
 from tqdm.auto import tqdm, trange
 from transformers import PreTrainedModel
 
+from ..bench.runs import draft_model
 from ..bench.theory import expected_speedup, optimal_k
 from ..bench.timing import measure_cost_ratio
 from ..loop.generate import autoregressive_generate
 from ..bench.args import (
+    device,
     existing_files,
     int_list,
     library_errors_to_usage,
@@ -35,8 +38,8 @@ from ..bench.args import (
     positive_int,
     writable_path,
 )
-from ..models import load_smollm2, smollm2_draft
-from ..models.pairs import PROMPT_LOOKUP, TRAINED_DRAFT, stand_in_draft_check
+from ..models import load_smollm2, pick_device, smollm2_draft
+from ..models.pairs import EAGLE_DRAFT, PROMPT_LOOKUP, TRAINED_DRAFT, stand_in_draft_check
 from ..models.cpu_kernels import use_small_batch_linear
 from .corpus import Sample, generate_corpus, load_corpus, save_corpus
 from .draft_model import RestrictedVocabLlama, draft_from_target, save_draft
@@ -140,12 +143,22 @@ class TrainConfig:
     seed: int = 0
 
 
-def _lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak (any config with lr, warmup and steps)."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], loss: torch.Tensor, lr: float) -> None:
+    """One update at learning rate lr: backward, gradients clipped to norm 1, step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
 
 
 def train(
@@ -171,12 +184,7 @@ def train(
         draft.train()
         pick = torch.randint(len(samples), (config.batch_size,), generator=order).tolist()
         loss = distill_loss(draft, make_batch([samples[i] for i in pick], to_draft))
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, params, loss, lr_at(step, config))
         bar.set_postfix(loss=f"{loss.item():.3f}", agreement=f"{log[-1]['agreement']:.3f}")
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             log.append({"step": step + 1, "loss": loss.item(), "agreement": greedy_agreement(draft.eval(), held_out)})
@@ -187,7 +195,7 @@ def train(
 
 def _data(args: argparse.Namespace) -> None:
     """Generate the self-distillation corpus and save it."""
-    target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
+    target, tokenizer = load_smollm2(pick_device(args.device), torch.float32)
     prompts = training_prompts(seed=args.seed)[args.start :][: args.max_prompts]
     samples = generate_corpus(
         target, tokenizer, prompts, minutes=args.minutes, batch_size=args.batch_size,
@@ -198,6 +206,16 @@ def _data(args: argparse.Namespace) -> None:
     print(f"{len(samples)} sequences, {n} target tokens with top-k logits -> {args.out}", file=sys.stderr)
 
 
+def cached_held_out(target: PreTrainedModel, tokenizer, corpus_path: str | Path) -> HeldOut:
+    """The held-out continuations, generated once and cached beside the corpus file."""
+    held_path = Path(corpus_path).with_suffix(".heldout.pt")
+    if held_path.exists():
+        return HeldOut(**torch.load(held_path))
+    held_out = held_out_set(target, tokenizer, HELDOUT_PROMPTS)
+    torch.save(held_out.__dict__, held_path)
+    return held_out
+
+
 def _train(args: argparse.Namespace) -> None:
     """Distil a draft from the saved corpus and write it, with its training log, to --out."""
     target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
@@ -205,12 +223,7 @@ def _train(args: argparse.Namespace) -> None:
         raise ValueError(f"--layers: the target has layers 0..{target.config.num_hidden_layers - 1}, got {args.layers}")
     paths = args.data
     samples = [s for path in paths for s in load_corpus(path)]
-    held_path = Path(paths[0]).with_suffix(".heldout.pt")
-    if held_path.exists():
-        held_out = HeldOut(**torch.load(held_path))
-    else:
-        held_out = held_out_set(target, tokenizer, HELDOUT_PROMPTS)
-        torch.save(held_out.__dict__, held_path)
+    held_out = cached_held_out(target, tokenizer, paths[0])
     config = TrainConfig(
         layers=tuple(args.layers), vocab_size=args.vocab_size, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
@@ -241,9 +254,16 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"{'draft':<10}{'agreement':>10}{'c':>7}{'best K':>8}{'predicted':>11}  about")
     for kind in args.drafts:
         draft, about = smollm2_draft(target, kind)
-        use_small_batch_linear(draft)
-        alpha = greedy_agreement(draft, held_out)
-        c = measure_cost_ratio(target, draft, seq, at_lengths=[n, seq.shape[1] - 1])
+        model = draft_model(draft)  # the EAGLE drafter's head
+        use_small_batch_linear(model)
+        if kind == EAGLE_DRAFT:  # a step's 1st draft, which reads the target's true features
+            from .train_eagle import eagle_agreement, target_features
+
+            features = target_features(target, held_out.sequences, progress=False)
+            alpha = eagle_agreement(model, held_out.sequences, features, held_out.n_prompt)[0]
+        else:
+            alpha = greedy_agreement(draft, held_out)
+        c = measure_cost_ratio(target, model, seq, at_lengths=[n, seq.shape[1] - 1])
         k = optimal_k(alpha, c)
         print(f"{kind:<10}{alpha:>10.3f}{c:>7.3f}{k:>8}{expected_speedup(alpha, k, c):>10.2f}x  {about}")
 
@@ -262,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--start", type=non_negative_int, default=0, help="skip the first START prompts (to extend a corpus)")
     data.add_argument("--max-prompts", type=positive_int, default=None, help="use at most this many prompts")
+    data.add_argument("--device", type=device, default="cpu", help="where the target generates (default cpu; cuda is ~50x faster)")
     data.add_argument("--out", type=writable_path, required=True)
     data.set_defaults(run=_data)
     fit = sub.add_parser("train", parents=[common], help="distil a draft from a corpus made by `data`")
@@ -275,8 +296,12 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", type=writable_path, required=True, help="folder to write the draft into")
     fit.set_defaults(run=_train)
+    from .train_eagle import add_eagle_command  # it builds on this module's HeldOut
+
+    add_eagle_command(sub, common)
     score = sub.add_parser("eval", parents=[common], help="score drafts of the SmolLM2 target on the held-out prompts")
-    score.add_argument("--drafts", type=_draft_names, default="trained,int8,layers8,bf16", help="comma-separated draft names")
+    score.add_argument("--drafts", type=_draft_names, default="trained,eagle,int8,layers8,bf16",
+                       help="comma-separated draft names (eagle: agreement of a step's 1st draft)")
     score.add_argument("--max-new-tokens", type=positive_int, default=64)
     score.set_defaults(run=_eval)
     args = parser.parse_args(argv)
@@ -287,14 +312,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _draft_names(text: str) -> list[str]:
-    """Comma-separated draft names of the SmolLM2 target: 'trained' or stand-ins that run on a CPU."""
+    """Comma-separated draft names of the SmolLM2 target: 'trained', 'eagle' or stand-ins that run on a CPU."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise argparse.ArgumentTypeError(f"takes comma-separated draft names, got {text!r}")
     for name in names:
         if name == PROMPT_LOOKUP:
             raise argparse.ArgumentTypeError("eval scores draft models; prompt lookup has none (use bench --draft prompt-lookup)")
-        if name != TRAINED_DRAFT:
+        if name not in (TRAINED_DRAFT, EAGLE_DRAFT):
             try:
                 stand_in_draft_check(name, torch.device("cpu"))
             except ValueError as err:

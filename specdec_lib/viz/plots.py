@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -14,6 +15,7 @@ from ..loop.generate import SpecStats, pool_steps
 from ..loop.tree import TokenTree, allowed_attention
 
 MEASURED, PREDICTED, TREE = "#0072B2", "#E69F00", "#009E73"  # Okabe-Ito blue, orange and green
+TITLE_WIDTH = 110  # characters per title line that fit a 10-inch figure at font size 10
 
 
 def plot_k_sweep(runs: Sequence[Mapping], alpha: float, c: float, title: str = "") -> Figure:
@@ -43,8 +45,8 @@ def plot_k_sweep(runs: Sequence[Mapping], alpha: float, c: float, title: str = "
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title:  # wrapped, so that a long pair name is never cut off at the figure's edge
+        fig.suptitle("\n".join(textwrap.fill(line, TITLE_WIDTH) for line in title.splitlines()), fontsize=10)
     fig.tight_layout()
     return fig
 
