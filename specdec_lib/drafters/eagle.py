@@ -61,11 +61,6 @@ class EagleHead(RestrictedVocabLlama):
         predicted = out.last_hidden_state  # after the final norm, like the target's feature
         return predicted, self.sub_logits(predicted)
 
-    def full_logits(self, sub: torch.Tensor) -> torch.Tensor:
-        """Sub-vocabulary logits (..., V_draft) scattered to the full vocabulary; -inf elsewhere, so q = 0 there."""
-        logits = sub.new_full((*sub.shape[:-1], self.config.vocab_size), float("-inf"))
-        return logits.scatter_(-1, self.vocab_ids.expand(*sub.shape[:-1], -1), sub)
-
 
 def eagle_from_draft(draft: RestrictedVocabLlama) -> EagleHead:
     """An EAGLE head that starts as `draft` (its layers, norm and restricted head), with fc = [I | 0]."""

@@ -41,6 +41,11 @@ class RestrictedVocabLlama(LlamaForCausalLM):
         """Logits over the draft's own vocabulary, (..., draft_vocab_size); what training optimises."""
         return self.lm_head(hidden)
 
+    def full_logits(self, sub: torch.Tensor) -> torch.Tensor:
+        """Sub-vocabulary logits (..., V_draft) scattered to the full vocabulary; -inf elsewhere, so q = 0 there."""
+        logits = sub.new_full((*sub.shape[:-1], self.config.vocab_size), float("-inf"))
+        return logits.scatter_(-1, self.vocab_ids.expand(*sub.shape[:-1], -1), sub)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -62,9 +67,7 @@ class RestrictedVocabLlama(LlamaForCausalLM):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
         )
-        sub = self.sub_logits(slice_logits_to_keep(out.last_hidden_state, logits_to_keep))
-        logits = sub.new_full((*sub.shape[:-1], self.config.vocab_size), float("-inf"))
-        logits.scatter_(-1, self.vocab_ids.expand(*sub.shape[:-1], -1), sub)
+        logits = self.full_logits(self.sub_logits(slice_logits_to_keep(out.last_hidden_state, logits_to_keep)))
         return CausalLMOutputWithPast(logits=logits, cache=out.cache)
 
 
