@@ -142,6 +142,53 @@ def test_grounded_prompt_set_is_used_and_never_trained_on():
     assert not set(GROUNDED_PROMPTS) & (set(training_prompts(n_source_files=0)) | set(HELDOUT_PROMPTS))
 
 
+def test_chat_flag_wraps_prompts_and_stops_at_the_end_of_the_reply(tmp_path, capsys):
+    """--chat: prompts go in the tokenizer's chat template and every method stops at its EOS; auto only for grounded."""
+    from test_models import save_tiny_pair
+    from transformers import AutoTokenizer
+
+    target_path, draft_path = save_tiny_pair("llama", tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(target_path)
+    tokenizer.chat_template = "{% for m in messages %}t1 {{ m['content'] }} t2 {% endfor %}{% if add_generation_prompt %}t3{% endif %}"
+    tokenizer.eos_token = "t2"
+    tokenizer.save_pretrained(target_path)
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(["t5 t6 t7 t8", "t9 t10 t11"]))
+    common = ["--target", target_path, "--draft", "prompt-lookup", "--prompts", str(prompts), "--k", "2",
+              "--max-new-tokens", "40", "--repeats", "1", "--hf", "--device", "cpu"]
+    plain = main(common)
+    chat = main(common + ["--chat"])
+    assert plain["chat"] is False and chat["chat"] is True  # a --prompts file is plain text unless asked
+    assert "chat template" in capsys.readouterr().out
+    assert plain["runs"][0]["new_tokens"] == 80  # no EOS: every run writes max_new_tokens
+    for r in chat["runs"]:
+        assert r["outputs_match_target"] is True and r["hf_outputs_match_target"] is True
+    # Greedy decoding from the wrapped prompt, stopped after the first t2, is what every method must have written.
+    from specdec_lib import autoregressive_generate, load_pair
+
+    target = load_pair(target=target_path, draft="prompt-lookup", device="cpu").target
+    wrapped = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                       add_generation_prompt=True), return_tensors="pt").input_ids
+               for t in json.loads(prompts.read_text())]
+    assert wrapped[0][0, 0].item() == 1 and wrapped[0][0, -1].item() == 3  # t1 ... t3: the template was applied
+    expected = sum(autoregressive_generate(target, w, max_new_tokens=40, eos_token_id=2).shape[1] - w.shape[1]
+                   for w in wrapped)
+    assert chat["runs"][0]["new_tokens"] == expected
+
+
+def test_chat_flag_needs_a_chat_template(tmp_path, capsys):
+    from test_models import save_tiny_pair
+
+    target_path, _ = save_tiny_pair("gpt2", tmp_path)
+    with pytest.raises(SystemExit) as err:
+        main(["--target", target_path, "--draft", "prompt-lookup", "--chat", "--k", "1", "--device", "cpu"])
+    assert err.value.code == 2 and "--chat needs a tokenizer with a chat template" in capsys.readouterr().err
+    # --prompt-set grounded turns chat on only where there is a template: here it stays off, without an error.
+    report = main(["--target", target_path, "--draft", "prompt-lookup", "--prompt-set", "grounded", "--num-prompts", "1",
+                   "--k", "1", "--max-new-tokens", "4", "--repeats", "1", "--device", "cpu"])
+    assert report["chat"] is False
+
+
 def test_cli_times_token_trees_next_to_chains(tmp_path, capsys):
     out, plot = tmp_path / "t.json", tmp_path / "t.png"
     report = main(["--preset", "tiny-gpt2", "--k", "1,2", "--tree", "2,1", "--tree", "3", "--max-new-tokens", "8",

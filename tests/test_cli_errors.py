@@ -38,6 +38,7 @@ BENCH = [
     ("--confidence-threshold", ["--preset", "tiny-gpt2", "--draft", "prompt-lookup", "--confidence-threshold", "0.4"]),
     ("--schedule", ["--schedule", "fast"]),
     ("--prompt-set", ["--prompt-set", "nope"]),
+    ("--chat", ["--preset", "tiny-gpt2", "--chat"]),  # the random pairs have no tokenizer
     ("--cache", ["--cache", "paged"]),
     ("--compile", ["--compile"]),  # needs --cache static
     ("--cache", ["--preset", "tiny-gpt2", "--tree", "2", "--cache", "static"]),  # trees keep a dynamic cache
@@ -75,6 +76,13 @@ TRAINING = [
     ("--lr", ["train", "--out", "/tmp/d", "--data", __file__, "--lr", "-0.1"]),
     ("--eval-every", ["train", "--out", "/tmp/d", "--data", __file__, "--eval-every", "0"]),
     ("--out", ["train", "--data", __file__, "--out", NO_DIR]),
+    ("--init", ["train", "--out", "/tmp/d", "--data", __file__, "--init", "/nonexistent"]),
+    ("--draft", ["onpolicy", "--out", "/tmp/o.pt", "--draft", "/nonexistent"]),
+    ("--batch-size", ["onpolicy", "--out", "/tmp/o.pt", "--batch-size", "0"]),
+    ("--max-new-tokens", ["onpolicy", "--out", "/tmp/o.pt", "--max-new-tokens", "-2"]),
+    ("--max-prompts", ["onpolicy", "--out", "/tmp/o.pt", "--max-prompts", "0"]),
+    ("--device", ["onpolicy", "--out", "/tmp/o.pt", "--device", "tpu"]),
+    ("--out", ["onpolicy", "--out", NO_DIR]),
     ("--device", ["data", "--out", "/tmp/c.pt", "--device", "tpu"]),
     ("--data", ["eagle", "--out", "/tmp/d", "--data", "/nonexistent.pt"]),
     ("--init", ["eagle", "--out", "/tmp/d", "--data", __file__, "--init", "/nonexistent"]),

@@ -118,6 +118,17 @@ def test_make_batch_aligns_targets_with_next_tokens():
     torch.testing.assert_close(batch.target_probs[0, 2:8].sum(-1), torch.ones(6))
 
 
+def test_make_batch_mixes_corpora_of_different_top_k():
+    """A top-1 corpus (hard labels) and a top-6 one train together: narrower rows pad with weight 0."""
+    target = tiny_model("llama", vocab_size=32, hidden=32)
+    wide, narrow = self_distillation_corpus(target, n=1, length=5, top_k=6), self_distillation_corpus(target, n=1, length=5, top_k=1)
+    batch = make_batch(wide + narrow, torch.arange(32))
+    assert batch.target_ids.shape[-1] == 6
+    assert torch.equal(batch.target_ids[1, 2:7, 0], narrow[0].topk_ids[:, 0])
+    torch.testing.assert_close(batch.target_probs[1, 2:7], torch.tensor([[1.0] + [0.0] * 5] * 5))
+    torch.testing.assert_close(batch.target_probs[0, 2:7].sum(-1), torch.ones(5))
+
+
 def test_distillation_raises_held_out_agreement():
     target = tiny_model("llama", vocab_size=32, n_layer=2, hidden=32)
     samples = self_distillation_corpus(target, n=64)

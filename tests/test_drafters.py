@@ -12,7 +12,7 @@ import torch
 
 from conftest import cached_pair, prompts
 from specdec_lib import speculative_generate
-from specdec_lib.drafters import ModelDrafter, PromptLookupDrafter, lookup_continuation
+from specdec_lib.drafters import ModelDrafter, PromptLookupDrafter, lookup_continuation, match_length
 from specdec_lib.loop.kv_cache import CacheSpec
 from specdec_lib.loop.sampling_check import chi2_pvalue
 from specdec_lib.testing import exact_two_token_distribution, tiny_pair
@@ -43,10 +43,42 @@ def test_lookup_continuation(tokens, k, kwargs, expected):
     assert lookup_continuation(tokens, k, **kwargs).tolist() == expected
 
 
+@pytest.mark.parametrize(
+    "tokens, start, n, limit, expected",
+    [
+        (t(9, 5, 6, 7, 9, 5, 6), 1, 2, 8, 3),  # (5, 6) matched, and the 9 before both agrees too
+        (t(8, 5, 6, 7, 9, 5, 6), 1, 2, 8, 2),  # 8 vs 9: the match is exactly the n-gram
+        (t(9, 5, 6, 7, 9, 5, 6), 1, 2, 2, 2),  # capped at limit
+        (t(5, 6, 5, 6), 0, 2, 8, 2),  # the earlier stretch starts the text: nothing before it to compare
+        (t(1, 1, 1, 1), 2, 1, 8, 3),  # overlapping stretches: 1 1 1 ending at index 2 equals 1 1 1 ending at 3
+    ],
+)
+def test_match_length(tokens, start, n, limit, expected):
+    assert match_length(tokens, start, n, limit) == expected
+
+
+@pytest.mark.parametrize(
+    "tokens, k, expected",
+    [
+        (t(5, 6, 7, 5, 6), 3, [7, 5]),  # a 2-token match earns 2 tokens
+        (t(3, 4, 5, 6, 7, 8, 3, 4, 5, 6), 8, [7, 8, 3, 4]),  # the 4-token stretch 3 4 5 6 earns 4 (more than the 3-gram)
+        (t(3, 4, 5, 6, 7, 8, 3, 4, 5, 6), 2, [7, 8]),  # never more than k
+        (t(2, 9, 7, 3, 9), 3, [7]),  # a lone 1-token coincidence earns 1
+        (t(1, 2, 3, 4), 3, []),  # still nothing without a match
+    ],
+)
+def test_adaptive_lookup_proposes_as_many_tokens_as_the_match_is_long(tokens, k, expected):
+    assert lookup_continuation(tokens, k, adaptive=True).tolist() == expected
+    drafter = PromptLookupDrafter()  # adaptive by default
+    assert drafter.propose(tokens.view(1, -1), k, sampler=None).tokens.tolist() == expected
+    fixed = PromptLookupDrafter(adaptive=False).propose(tokens.view(1, -1), k, sampler=None).tokens.tolist()
+    assert fixed == lookup_continuation(tokens, k).tolist() and len(fixed) >= len(expected)
+
+
 @pytest.mark.parametrize("kwargs", [dict(max_ngram_size=0), dict(min_ngram_size=0), dict(max_ngram_size=2, min_ngram_size=3),
-                                    dict(max_ngram_size=True), dict(max_ngram_size=2.5)])
+                                    dict(max_ngram_size=True), dict(max_ngram_size=2.5), dict(adaptive="yes")])
 def test_prompt_lookup_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match="ngram_size"):
+    with pytest.raises(ValueError, match="ngram_size|adaptive"):
         PromptLookupDrafter(**kwargs)
 
 
@@ -65,13 +97,14 @@ def hf_greedy(arch: str) -> list[torch.Tensor]:
             for p in prompts()]
 
 
+@pytest.mark.parametrize("adaptive", [True, False], ids=["adaptive", "fixed"])
 @pytest.mark.parametrize("k", [1, 2, 4, 6])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral"])
-def test_prompt_lookup_equals_target_greedy(arch, k):
+def test_prompt_lookup_equals_target_greedy(arch, k, adaptive):
     target, _ = cached_pair(arch, "medium")
     accepted = 0
     for p, ref in zip(prompts(), hf_greedy(arch)):
-        out = speculative_generate(target, PromptLookupDrafter(), p, max_new_tokens=NEW, k=k)
+        out = speculative_generate(target, PromptLookupDrafter(adaptive=adaptive), p, max_new_tokens=NEW, k=k)
         assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
         assert out.stats.draft_calls == 0
         accepted += sum(out.stats.accepted)
@@ -118,7 +151,7 @@ def test_heuristic_schedule_grows_after_full_acceptance_and_shrinks_after_a_miss
     assert len(set(s.proposed)) > 2
 
 
-@pytest.mark.parametrize("name", ["prompt lookup", "threshold + heuristic"])
+@pytest.mark.parametrize("name", ["prompt lookup", "fixed-length prompt lookup", "threshold + heuristic"])
 def test_sampling_stays_exact(name):
     """At temperature 1 the first two tokens follow the target's exact joint distribution (chi-square)."""
     vocab = 8
@@ -134,6 +167,7 @@ def test_sampling_stays_exact(name):
     pairs, accepted = [], 0
     for _ in range(4_000):
         drafter = PromptLookupDrafter() if name == "prompt lookup" else \
+            PromptLookupDrafter(adaptive=False) if name.startswith("fixed") else \
             ModelDrafter(draft, confidence_threshold=0.4, schedule="heuristic")
         out = speculative_generate(target, drafter, prompt, max_new_tokens=3, k=2, temperature=1.0, generator=gen)
         a, b = out.sequences[0, 5:7].tolist()

@@ -164,3 +164,24 @@ def test_shipped_eagle_head_loads_through_load_pair(monkeypatch, cpu_kernels):
     out = speculative_generate(pair.target, pair.draft, ids, max_new_tokens=12, k=3)
     assert torch.equal(out.sequences, autoregressive_generate(pair.target, ids, max_new_tokens=12))
     assert sum(out.stats.proposed) > 0
+
+
+def test_a_draft_you_trained_loads_from_its_folder(tmp_path):
+    """draft="FOLDER" (what `training train|eagle --out FOLDER` writes): a token draft or an EAGLE head, told apart."""
+    from specdec_lib.drafters import EagleDrafter
+    from specdec_lib.drafters.eagle import eagle_from_draft
+    from specdec_lib.models.pairs import saved_draft
+    from specdec_lib.training.draft_model import save_draft
+    from test_draft_model import restricted_pair
+
+    target, draft, _ = restricted_pair()
+    save_draft(draft, tmp_path / "token")
+    save_draft(eagle_from_draft(draft), tmp_path / "eagle")
+    loaded, about = saved_draft(target, tmp_path / "token")
+    ids = torch.tensor([[10, 11, 12, 13]])
+    torch.testing.assert_close(loaded(ids).logits, draft.half().float()(ids).logits, atol=1e-2, rtol=1e-2)
+    assert str(tmp_path / "token") in about
+    head, about = saved_draft(target, tmp_path / "eagle")
+    assert isinstance(head, EagleDrafter) and "EAGLE head" in about
+    with pytest.raises(FileNotFoundError, match="no trained draft"):
+        saved_draft(target, tmp_path)

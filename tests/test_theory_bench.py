@@ -80,3 +80,21 @@ def test_expected_tree_tokens_per_step():
     assert expected_tree_tokens_per_step(top_b, (3, 2, 1)) == pytest.approx(1 + 0.7 + 0.7 * 0.6 + 0.7 * 0.6 * 0.4)
     with pytest.raises(ValueError, match="top-b"):
         expected_tree_tokens_per_step(top_b, (4,))
+
+
+@pytest.mark.parametrize("drafter", ["model", "prompt lookup"])
+def test_benchmark_stops_every_method_at_eos(drafter):
+    """With eos_token_id (a chat model's end of turn) every method, transformers' too, stops right after that token."""
+    from specdec_lib.drafters import PromptLookupDrafter
+
+    target, draft = cached_pair("llama", "medium")
+    p = prompts()[3]
+    free = target.generate(p, attention_mask=torch.ones_like(p), do_sample=False, max_new_tokens=12)[0, p.shape[1]:]
+    eos = int(free[5])  # a token the target writes 6th (or earlier, if it repeats)
+    stop = free.tolist().index(eos) + 1
+    result = benchmark(target, PromptLookupDrafter() if drafter == "prompt lookup" else draft, [p], k=3,
+                       max_new_tokens=12, repeats=1, eos_token_id=eos)
+    assert len(result.methods) == 4 and result.outputs_agree
+    for name, method in result.methods.items():
+        assert method.new_tokens == stop, name
+        assert torch.equal(method.outputs[0][0, p.shape[1]:], free[:stop]), name

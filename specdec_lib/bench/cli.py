@@ -23,7 +23,7 @@ from ..models import PROMPT_LOOKUP, load_pair, pick_device
 from ..models.cpu_kernels import fast_on_cpu
 from ..testing import tiny_gpt2_pair
 from ..drafters import Drafter, ModelDrafter, PromptLookupDrafter
-from ..training.prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, load_prompts
+from ..training.prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, as_chat, load_prompts
 from ..viz.plots import plot_k_sweep
 from .args import (
     device,
@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--preset", choices=["smollm2", "gpt2", "tiny-gpt2", "seed-gpt2"], default="smollm2",
                         help="seed-gpt2: gpt2-medium / gpt2 sizes with random weights, for timing with --alpha")
     parser.add_argument("--target", help="hub name or path of a target model (with --draft)")
-    parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default), eagle (its EAGLE head, chapter 08) or a stand-in such as "
+    parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default), eagle (its EAGLE head, chapter 08), a folder written by "
+                        "`python -m specdec_lib.training train|eagle`, or a stand-in such as "
                         "int8; 'prompt-lookup' (any preset or --target): no draft model, n-gram lookup in the text")
     parser.add_argument("--confidence-threshold", type=probability, default=None,
                         help="the draft model stops drafting after a token it gives less than this probability "
@@ -96,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="varied",
                         help="built-in prompts when no --prompts file: varied (default) or grounded (answers copy the input)")
     parser.add_argument("--num-prompts", type=positive_int, default=None, help="use only the first N prompts")
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                        help="wrap each prompt in the tokenizer's chat template as a user turn and stop every method "
+                        "at the end of the reply (the tokenizer's EOS); default: on for --prompt-set grounded, whose "
+                        "prompts are instructions, when the tokenizer has a chat template, off otherwise")
     parser.add_argument("--repeats", type=positive_int, default=2)
     parser.add_argument("--device", type=device, default=None, help="cpu, cuda or mps (default: best available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -125,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     elif args.preset == "seed-gpt2":
         parser.error("--preset seed-gpt2 has random weights, so its draft never agrees: give --alpha, a number "
                      "or a bench JSON of a real pair (e.g. docs/results/cpu_smollm2.json)")
+    if args.chat and args.preset in ("tiny-gpt2", "seed-gpt2") and not args.target:
+        parser.error(f"--chat needs a tokenizer with a chat template; --preset {args.preset} has no tokenizer")
     with library_errors_to_usage(parser, "--prompts"):
         texts = (load_prompts(args.prompts) if args.prompts else list(PROMPT_SETS[args.prompt_set]))[: args.num_prompts]
     torch.manual_seed(0)
@@ -141,13 +148,21 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         gen = torch.Generator().manual_seed(0)
         prompts = [torch.randint(0, target.config.vocab_size, (1, 8), generator=gen) for _ in texts]
         texts = [f"<random prompt {i}: {p.tolist()[0]}>" for i, p in enumerate(prompts)]
-    else:
-        prompts = [tokenizer(t, return_tensors="pt").input_ids for t in texts]
+    chat = args.chat
+    if chat is None:  # instructions go to an instruct model as a user turn, continuations as plain text
+        chat = args.prompt_set == "grounded" and not args.prompts and bool(getattr(tokenizer, "chat_template", None))
+    if chat and not getattr(tokenizer, "chat_template", None):
+        parser.error("--chat needs a tokenizer with a chat template; this target's tokenizer has none (try --no-chat)")
+    eos = tokenizer.eos_token_id if chat else None
+    if tokenizer is not None:
+        prompts = [tokenizer(as_chat(tokenizer, t) if chat else t, return_tensors="pt").input_ids for t in texts]
+    if chat:
+        name += "\nprompts in the chat template, each run stopping at the end of the reply"
     print(f"{name}\ndevice {target.device}, {args.dtype}, {loop_label(args.cache, args.compile)}, temperature {args.temperature}, "
-          f"{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
+          f"{'up to ' if chat else ''}{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
     runs = sweep_k(target, draft, prompts, args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                    temperature=args.temperature, impose_alpha=imposed, include_hf=args.hf, trees=args.tree,
-                   cache_implementation=args.cache, compile=args.compile)
+                   cache_implementation=args.cache, compile=args.compile, eos_token_id=eos)
     alpha, c = pooled_alpha_c(runs)
     best = max(chain_runs(runs), key=lambda r: r["speedup"])
     report = {
@@ -155,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         "dtype": args.dtype, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats, "prompts": texts, "alpha_imposed": imposed, "alpha_source": alpha_source,
         "alpha": alpha, "c": c, "cpu_kernels": args.cpu_kernels, "prompt_set": None if args.prompts else args.prompt_set,
+        "chat": chat,
         "confidence_threshold": args.confidence_threshold, "schedule": args.schedule,
         "cache_implementation": args.cache, "compile": args.compile,
         "best_k_measured": best["k"], "best_k_predicted": optimal_k(alpha, c), "runs": runs,

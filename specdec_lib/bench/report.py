@@ -60,7 +60,7 @@ def format_report(report: Mapping) -> str:
     lines = [
         report["pair"],
         f"on {report['device_name']} ({report['device']}, {report['dtype']}), temperature {report['temperature']}, "
-        f"{report['max_new_tokens']} new tokens x {len(report['prompts'])} prompts, median of {report['repeats']} repeats",
+        f"{'up to ' if report.get('chat') else ''}{report['max_new_tokens']} new tokens x {len(report['prompts'])} prompts, median of {report['repeats']} repeats",
         format_sweep(report["runs"]),
         f"pooled alpha {alpha:.3f}, c {c:.3f}; best k measured {best} ({speedup:.2f}x), "
         f"predicted {predicted} ({expected_speedup(alpha, predicted, c):.2f}x)",

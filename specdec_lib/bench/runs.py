@@ -117,10 +117,10 @@ class BenchResult:
 
 def hf_assisted_generate(
     target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int,
-    confidence_threshold: float | None = None, schedule: str = "constant",
+    confidence_threshold: float | None = None, schedule: str = "constant", eos_token_id: int | None = None,
 ) -> torch.Tensor:
     """transformers' assisted generation, greedy, with our k, confidence threshold (None: off) and schedule."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id, pad_token_id=0)
     # transformers reads the drafting schedule from the *assistant's* generation config.
     saved = copy.deepcopy(draft.generation_config)
     draft.generation_config.num_assistant_tokens = k
@@ -137,26 +137,29 @@ def hf_assisted_generate(
 
 
 def hf_prompt_lookup_generate(
-    target: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int, max_ngram_size: int = 3
+    target: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int, max_ngram_size: int = 3,
+    eos_token_id: int | None = None,
 ) -> torch.Tensor:
     """transformers' prompt lookup decoding, greedy, proposing up to k tokens from n-grams of up to max_ngram_size."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id, pad_token_id=0,
                               prompt_lookup_num_tokens=k, max_matching_ngram_size=max_ngram_size)
     ids = input_ids.to(target.device)
     return target.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
 
 
-def hf_counterpart(draft: PreTrainedModel | Drafter, *, k: int, max_new_tokens: int) -> tuple[str, Callable] | None:
+def hf_counterpart(
+    draft: PreTrainedModel | Drafter, *, k: int, max_new_tokens: int, eos_token_id: int | None = None
+) -> tuple[str, Callable] | None:
     """transformers' own version of what `draft` does, as (method name, fn(target, ids) -> sequences), or None."""
+    limits = dict(max_new_tokens=max_new_tokens, k=k, eos_token_id=eos_token_id)
     if isinstance(draft, PromptLookupDrafter):
         return HF_PROMPT_LOOKUP, lambda target, ids: hf_prompt_lookup_generate(
-            target, ids, max_new_tokens=max_new_tokens, k=k, max_ngram_size=draft.max_ngram_size)
+            target, ids, max_ngram_size=draft.max_ngram_size, **limits)
     if isinstance(draft, ModelDrafter):
         return METHODS[3], lambda target, ids: hf_assisted_generate(
-            target, draft.model, ids, max_new_tokens=max_new_tokens, k=k,
-            confidence_threshold=draft.confidence_threshold, schedule=draft.schedule)
+            target, draft.model, ids, confidence_threshold=draft.confidence_threshold, schedule=draft.schedule, **limits)
     if isinstance(draft, nn.Module):
-        return METHODS[3], lambda target, ids: hf_assisted_generate(target, draft, ids, max_new_tokens=max_new_tokens, k=k)
+        return METHODS[3], lambda target, ids: hf_assisted_generate(target, draft, ids, **limits)
     return None
 
 
@@ -189,6 +192,7 @@ def benchmark(
     cache_implementation: str = "dynamic",
     compile: bool = False,
     extra_loops: Sequence[tuple[str, bool]] = (),
+    eos_token_id: int | None = None,
     progress: bool = True,
 ) -> BenchResult:
     """Time the decoding methods on the same pair, prompts and k, in this one process.
@@ -202,6 +206,8 @@ def benchmark(
     `cache_implementation` and `compile` (chapter 10) set how the target-only run and our cached
     loop cache and call the models; each (cache_implementation, compile) in `extra_loops` adds a
     target-only and a speculative method so set (`loop_methods`), timed in the same rounds.
+    With `eos_token_id` every method stops at that token (a chat model's end of turn) instead of
+    always writing max_new_tokens.
     """
     if impose_alpha is not None and temperature > 0:
         raise ValueError("an imposed acceptance rate replaces the greedy check; it needs temperature 0")
@@ -209,7 +215,7 @@ def benchmark(
         raise ValueError("an imposed acceptance rate is defined for chains of drafts, not token trees")
     device = target.device
     prompts = [p.to(device).view(1, -1) for p in prompts]
-    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature)
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, eos_token_id=eos_token_id)
     if tree is not None:
         tree = tuple(tree)
         k = len(tree)
@@ -238,7 +244,7 @@ def benchmark(
         base_name, spec_name = loop_methods(implementation, compiled)
         runs[base_name] = lambda i, loop=loop: (autoregressive_generate(target, prompts[i], **loop, **seeded()), None)
         runs[spec_name] = lambda i, loop=loop: _spec(spec_target(i), draft, prompts[i], k, True, tree=tree, **loop, **seeded())
-    hf = hf_counterpart(draft, k=k, max_new_tokens=max_new_tokens)
+    hf = hf_counterpart(draft, k=k, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
     if include_hf and hf is not None and temperature == 0 and impose_alpha is None and tree is None:
         runs[hf[0]] = lambda i: (hf[1](target, prompts[i]), None)
     for run in runs.values():  # warm-up: first calls allocate caches, pick kernels and compile
@@ -312,6 +318,7 @@ def sweep_k(
     trees: Sequence[Sequence[int]] = (),
     cache_implementation: str = "dynamic",
     compile: bool = False,
+    eos_token_id: int | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Benchmark the cached loop against the target alone for each k, then each token tree; one JSON-ready dict per run.
@@ -319,7 +326,8 @@ def sweep_k(
     With `include_hf`, transformers' counterpart of the draft is timed too (keys `hf_method`,
     `hf_tokens_per_s`, `hf_speedup`). A tree's run has `tree` (its branching factors) and `k` its
     depth; the chain formula's predictions are None there. `cache_implementation` and `compile`
-    apply to both the loop and the target-only run it is compared with (chapter 10).
+    apply to both the loop and the target-only run it is compared with (chapter 10). `eos_token_id`
+    stops every method at that token.
     """
     runs = []
     shapes = [(k, None) for k in ks] + [(len(t), tuple(t)) for t in trees]
@@ -327,7 +335,7 @@ def sweep_k(
         r = benchmark(target, draft, prompts, k=k, max_new_tokens=max_new_tokens, repeats=repeats,
                       include_hf=include_hf, include_uncached=False, temperature=temperature,
                       impose_alpha=impose_alpha, tree=tree, cache_implementation=cache_implementation,
-                      compile=compile, progress=progress)
+                      compile=compile, eos_token_id=eos_token_id, progress=progress)
         spec, base = r.methods[METHODS[2]], r.methods[METHODS[0]]
         hf = next((m for m in (METHODS[3], HF_PROMPT_LOOKUP) if m in r.methods), None)
         extra = {} if hf is None else {

@@ -14,7 +14,7 @@ from torch import nn
 from .base import Drafter, Proposal, TreeDrafter, Verified
 from .eagle import EagleDrafter, EagleHead
 from .model import ModelDrafter, check_same_vocab
-from .prompt_lookup import PromptLookupDrafter, find_ngram_match, lookup_continuation
+from .prompt_lookup import PromptLookupDrafter, find_ngram_match, lookup_continuation, match_length
 
 
 def as_drafter(draft: Drafter | nn.Module) -> Drafter:
@@ -29,4 +29,4 @@ def as_drafter(draft: Drafter | nn.Module) -> Drafter:
 
 
 __all__ = ["Drafter", "EagleDrafter", "EagleHead", "ModelDrafter", "TreeDrafter", "PromptLookupDrafter", "Proposal", "Verified", "as_drafter", "check_same_vocab",
-           "find_ngram_match", "lookup_continuation"]
+           "find_ngram_match", "lookup_continuation", "match_length"]

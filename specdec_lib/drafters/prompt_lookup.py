@@ -4,6 +4,11 @@ If the last n tokens already occurred earlier in the prompt or the output, propo
 them there. Text that copies from its input (a summary, an edit, an answer quoting a passage)
 repeats long stretches, so these guesses are often right, and they cost no model call at all.
 When nothing matches, it proposes nothing and the step is a plain target step.
+
+How many tokens to propose: a 1-token coincidence is weak evidence, a stretch of 10 tokens that
+already matches is strong. With `adaptive=True` (the drafter's default) a lookup proposes as many
+tokens as the match is long, up to k, so guesses grow while the text is being copied and stay short
+(cheap to verify) otherwise. transformers' `prompt_lookup_num_tokens` always proposes k (`adaptive=False`).
 """
 
 from __future__ import annotations
@@ -31,38 +36,55 @@ def find_ngram_match(tokens: torch.Tensor, max_ngram_size: int = 3, min_ngram_si
     return None
 
 
-def lookup_continuation(tokens: torch.Tensor, k: int, max_ngram_size: int = 3, min_ngram_size: int = 1) -> torch.Tensor:
+def match_length(tokens: torch.Tensor, start: int, n: int, limit: int) -> int:
+    """How long the match at `start` really is: the n matched tokens, extended back while both stretches agree, capped at limit."""
+    end, length = start + n, tokens.shape[0]
+    m = min(limit, end)
+    earlier, recent = tokens[end - m : end].flip(0), tokens[length - m :].flip(0)
+    return int((earlier == recent).long().cumprod(0).sum())  # equal tokens counted back from the ends, up to the first difference
+
+
+def lookup_continuation(
+    tokens: torch.Tensor, k: int, max_ngram_size: int = 3, min_ngram_size: int = 1, adaptive: bool = False
+) -> torch.Tensor:
     """Up to k tokens that followed the most recent earlier occurrence of the longest matching suffix n-gram.
 
+    With `adaptive`, at most as many tokens as the match is long (`match_length`, capped at k).
     Returns an empty tensor when no suffix n-gram occurs earlier (or k is 0).
     """
     match = find_ngram_match(tokens, max_ngram_size, min_ngram_size) if k > 0 else None
     if match is None:
         return tokens.new_empty(0)
     start, n = match
-    return tokens[start + n : start + n + k]
+    count = match_length(tokens, start, n, k) if adaptive else k
+    return tokens[start + n : start + n + count]
 
 
 class PromptLookupDrafter:
-    """Proposes the continuation of the longest recent n-gram found earlier in the text; no model, no calls."""
+    """Proposes the continuation of the longest recent n-gram found earlier in the text; no model, no calls.
+
+    adaptive=True (default) proposes as many tokens as the match is long, up to k; False always up to k.
+    """
 
     needs_hidden_states = False
     calls = 0  # it runs no model
 
-    def __init__(self, max_ngram_size: int = 3, min_ngram_size: int = 1):
+    def __init__(self, max_ngram_size: int = 3, min_ngram_size: int = 1, adaptive: bool = True):
         for name, value in (("max_ngram_size", max_ngram_size), ("min_ngram_size", min_ngram_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if min_ngram_size > max_ngram_size:
             raise ValueError(f"min_ngram_size ({min_ngram_size}) must not exceed max_ngram_size ({max_ngram_size})")
-        self.max_ngram_size, self.min_ngram_size = max_ngram_size, min_ngram_size
+        if not isinstance(adaptive, bool):
+            raise ValueError(f"adaptive must be True or False, got {adaptive!r}")
+        self.max_ngram_size, self.min_ngram_size, self.adaptive = max_ngram_size, min_ngram_size, adaptive
 
     def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, cache: CacheSpec = CacheSpec()) -> None:
         """Nothing to reset: the lookup reads the sequence it is given."""
 
     def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
         """The looked-up continuation, deterministic (q is one-hot on it, so sampling stays exact)."""
-        return Proposal(lookup_continuation(seq[0], k, self.max_ngram_size, self.min_ngram_size))
+        return Proposal(lookup_continuation(seq[0], k, self.max_ngram_size, self.min_ngram_size, self.adaptive))
 
     def update(self, seq: torch.Tensor, n_accepted: int, verified: Verified) -> None:
         """Nothing to roll back."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import copy
 import functools
 import importlib.util
@@ -20,9 +21,9 @@ from transformers import modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
 from ..drafters import Drafter, PromptLookupDrafter
-from ..drafters.eagle import EagleDrafter, load_eagle
+from ..drafters.eagle import EagleDrafter, EagleHead, load_eagle
 from ..drafters.model import check_same_vocab
-from ..training.draft_model import draft_summary, load_draft
+from ..training.draft_model import CONFIG_FILE, draft_summary, load_draft
 from .cpu_kernels import fast_on_cpu
 
 DEFAULT_PRESET = "smollm2"
@@ -208,7 +209,8 @@ def load_pair(
 
     ``preset`` is "smollm2" (offline, the default; env SPECDEC_PRESET overrides) or "gpt2"
     (gpt2-medium + gpt2, from the hub). With ``target=`` and ``draft=`` any two models that share
-    a tokenizer load instead. For "smollm2", ``draft`` may name a stand-in (see STAND_INS).
+    a tokenizer load instead. For "smollm2", ``draft`` may name a stand-in (see STAND_INS) or a
+    folder written by ``python -m specdec_lib.training train|eagle --out FOLDER``.
     ``draft="prompt-lookup"`` works with every preset and target: no draft model, a
     `PromptLookupDrafter` instead (chapter 07).
     ``device`` defaults to $SPECDEC_DEVICE, else the best available. On a CPU, ``cpu_kernels=True``
@@ -236,7 +238,7 @@ def load_pair(
     if preset != "smollm2":
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     kind = draft or TRAINED_DRAFT
-    if kind not in (TRAINED_DRAFT, EAGLE_DRAFT, PROMPT_LOOKUP):
+    if kind not in (TRAINED_DRAFT, EAGLE_DRAFT, PROMPT_LOOKUP) and not Path(kind).is_dir():
         stand_in_draft_check(kind, device)
     target_model, tokenizer = load_smollm2(device, dtype)
     draft_model, about = smollm2_draft(target_model, kind)
@@ -252,6 +254,17 @@ def _with_kernels(pair: ModelPair, cpu_kernels: bool) -> ModelPair:
     return pair
 
 
+def saved_draft(target: PreTrainedModel, folder: Path) -> tuple[PreTrainedModel | Drafter, str]:
+    """A draft you trained for the SmolLM2 target (`training train` or `training eagle --out folder`), and a label."""
+    config = folder / CONFIG_FILE
+    architectures = json.loads(config.read_text()).get("architectures") if config.is_file() else None
+    if architectures == [EagleHead.__name__]:
+        head = load_eagle(target, folder)
+        return EagleDrafter(head), f"the EAGLE head in {folder} ({draft_summary(head)} + the target's features)"
+    draft = load_draft(target, folder)  # a clear error if the folder holds no draft
+    return draft, f"the draft in {folder} ({draft_summary(draft)})"
+
+
 def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[PreTrainedModel | Drafter, str]:
     """A draft for the SmolLM2 target and a label for it: the shipped trained draft, its EAGLE head, prompt lookup, or a stand-in."""
     if kind == TRAINED_DRAFT:
@@ -262,6 +275,8 @@ def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[P
         return EagleDrafter(head), f"its EAGLE head ({draft_summary(head)} + the target's features)"
     if kind == PROMPT_LOOKUP:
         return PromptLookupDrafter(), "prompt lookup (no draft model)"
+    if Path(kind).is_dir():
+        return saved_draft(target, Path(kind))
     draft = stand_in_draft(target, kind)
     check_same_vocab(target, draft)
     about = STAND_INS.get(kind, "the target's first layers + its head")

@@ -24,7 +24,7 @@ class Sample:
     topk_ids: torch.Tensor  # (L - n_prompt, k) int64
 
 
-def _plan(prompts: list[str], tokenizer: PreTrainedTokenizerBase, greedy_share: float, seed: int) -> list[tuple[str, bool]]:
+def plan_prompts(prompts: list[str], tokenizer: PreTrainedTokenizerBase, greedy_share: float, seed: int) -> list[tuple[str, bool]]:
     """(text, greedy) per prompt: some wrapped in the chat template, some decoded greedily, the rest sampled."""
     rng = random.Random(seed)
     plan = []
@@ -32,6 +32,28 @@ def _plan(prompts: list[str], tokenizer: PreTrainedTokenizerBase, greedy_share: 
         text = as_chat(tokenizer, prompt) if rng.random() < CHAT_TEMPLATE_SHARE else prompt
         plan.append((text, rng.random() < greedy_share))
     return plan
+
+
+def encode_left_padded(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_prompt_tokens: int, device) -> dict:
+    """The texts as one batch padded on the left, so that every row's continuation starts at the same column."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens)
+    finally:
+        tokenizer.padding_side = side
+    return enc.to(device)
+
+
+def continuation_rows(enc, sequences: torch.Tensor, eos_token_id: int | None) -> list[tuple[torch.Tensor, int]]:
+    """(prompt without its padding + new tokens up to and including the first EOS, prompt length) per row."""
+    width, rows = enc["input_ids"].shape[1], []
+    for row in range(sequences.shape[0]):
+        prompt = enc["input_ids"][row][enc["attention_mask"][row].bool()]
+        new = sequences[row, width:]
+        ends = (new == eos_token_id).nonzero()
+        n_new = int(ends[0]) + 1 if len(ends) else len(new)  # keep the end-of-text token, drop the padding after it
+        rows.append((torch.cat([prompt, new[:n_new]]).cpu(), len(prompt)))
+    return rows
 
 
 @torch.no_grad()
@@ -47,32 +69,20 @@ def _generate_batch(
     max_prompt_tokens: int,
 ) -> list[Sample]:
     """Generate continuations for one batch with the KV cache; keep each new token's top-k target logits."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # every row's continuation starts at one column
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens)
-    finally:
-        tokenizer.padding_side = side
-    enc = enc.to(target.device)
+    enc = encode_left_padded(tokenizer, texts, max_prompt_tokens, target.device)
     # Pure temperature sampling, no top-k/top-p: the data should cover the target's whole distribution.
     sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     out = target.generate(
         **enc, max_new_tokens=max_new_tokens, output_logits=True, return_dict_in_generate=True,
         pad_token_id=tokenizer.pad_token_id, **sampling,
     )
-    width = enc.input_ids.shape[1]
     # Raw logits, before any sampling warper; top-k per step, so (B, N, V) never exists at once.
     tops = [step.float().topk(top_k, dim=-1) for step in out.logits]
     values, ids = torch.stack([t.values for t in tops], 1), torch.stack([t.indices for t in tops], 1)
     samples = []
-    for row in range(len(texts)):
-        prompt = enc.input_ids[row][enc.attention_mask[row].bool()]
-        new = out.sequences[row, width:]
-        ends = (new == tokenizer.eos_token_id).nonzero()
-        n_new = int(ends[0]) + 1 if len(ends) else len(new)  # keep the end-of-text token, drop the padding after it
-        samples.append(Sample(
-            torch.cat([prompt, new[:n_new]]).cpu(), len(prompt),
-            values[row, :n_new].half().cpu(), ids[row, :n_new].cpu(),
-        ))
+    for row, (tokens, n_prompt) in enumerate(continuation_rows(enc, out.sequences, tokenizer.eos_token_id)):
+        n_new = len(tokens) - n_prompt
+        samples.append(Sample(tokens, n_prompt, values[row, :n_new].half().cpu(), ids[row, :n_new].cpu()))
     return samples
 
 
@@ -93,7 +103,7 @@ def generate_corpus(
 ) -> list[Sample]:
     """The target's continuations of the prompts, in batches, until the prompts or `minutes` run out."""
     torch.manual_seed(seed)
-    plan = _plan(prompts, tokenizer, greedy_share, seed)
+    plan = plan_prompts(prompts, tokenizer, greedy_share, seed)
     batches = [plan[i : i + batch_size] for i in range(0, len(plan), batch_size)]
     samples: list[Sample] = []
     deadline = time.monotonic() + 60 * minutes

@@ -4,6 +4,7 @@
     python -m specdec_lib.training train --data corpus.pt --out my_draft
     python -m specdec_lib.training eval  --drafts trained,int8   # held-out agreement and c
     python -m specdec_lib.training eagle --data corpus.pt --out my_eagle   # chapter 08: train_eagle.py
+    python -m specdec_lib.training onpolicy --out onpolicy.pt  # chapter 08: on_policy.py; then train --init
 
 The exact commands behind the shipped draft are in specdec_lib/assets/smollm2_draft/README.md.
 """
@@ -31,6 +32,7 @@ from ..loop.generate import autoregressive_generate
 from ..bench.args import (
     device,
     existing_files,
+    existing_folder,
     int_list,
     library_errors_to_usage,
     non_negative_int,
@@ -39,10 +41,11 @@ from ..bench.args import (
     writable_path,
 )
 from ..models import load_smollm2, pick_device, smollm2_draft
+from ..drafters.eagle import EagleDrafter
 from ..models.pairs import EAGLE_DRAFT, PROMPT_LOOKUP, TRAINED_DRAFT, stand_in_draft_check
 from ..models.cpu_kernels import use_small_batch_linear
 from .corpus import Sample, generate_corpus, load_corpus, save_corpus
-from .draft_model import RestrictedVocabLlama, draft_from_target, save_draft
+from .draft_model import SMOLLM2_DRAFT_DIR, RestrictedVocabLlama, draft_from_target, load_draft, save_draft
 from .prompts import HELDOUT_PROMPTS, training_prompts
 
 
@@ -73,18 +76,18 @@ class Batch:
 def make_batch(samples: list[Sample], to_draft: torch.Tensor) -> Batch:
     """Pad samples into one batch; position t learns the target's distribution for token t + 1."""
     length = max(len(s.tokens) for s in samples)
-    k = samples[0].topk_ids.shape[1]
+    k = max(s.topk_ids.shape[1] for s in samples)  # corpora may keep different top-k (top-1: hard labels)
     tokens = torch.zeros(len(samples), length, dtype=torch.long)
     ids = torch.zeros(len(samples), length, k, dtype=torch.long)
     probs = torch.zeros(len(samples), length, k)
     for row, s in enumerate(samples):
         tokens[row, : len(s.tokens)] = s.tokens
-        first, n = s.n_prompt - 1, len(s.topk_ids)
+        first, n, width = s.n_prompt - 1, len(s.topk_ids), s.topk_ids.shape[1]
         mapped = to_draft[s.topk_ids]
-        ids[row, first : first + n] = mapped.clamp(min=0)
+        ids[row, first : first + n, :width] = mapped.clamp(min=0)
         # Softmax over the top-k: the mass beyond it is small and unknown; ids outside the draft's
         # vocabulary keep weight 0, so the draft learns the target's distribution restricted to its ids.
-        probs[row, first : first + n] = torch.softmax(s.topk_values.float(), -1) * (mapped >= 0)
+        probs[row, first : first + n, :width] = torch.softmax(s.topk_values.float(), -1) * (mapped >= 0)
     return Batch(tokens, ids, probs)
 
 
@@ -167,13 +170,18 @@ def train(
     held_out: HeldOut,
     config: TrainConfig,
     progress: bool = True,
+    init: RestrictedVocabLlama | None = None,
 ) -> tuple[RestrictedVocabLlama, list[dict]]:
-    """Distil a draft from the target on the samples; return it and the held-out agreement log."""
+    """Distil a draft from the target on the samples; return it and the held-out agreement log.
+
+    The draft starts from the target's `config.layers`, or, with `init`, goes on training that draft
+    (its weights and vocabulary; `config.layers` and `config.vocab_size` are then unused).
+    """
     torch.manual_seed(config.seed)
-    vocab_ids = choose_vocab(samples, config.vocab_size)
+    vocab_ids = choose_vocab(samples, config.vocab_size) if init is None else init.vocab_ids.cpu()
     to_draft = torch.full((target.config.vocab_size,), -1, dtype=torch.long)
     to_draft[vocab_ids] = torch.arange(len(vocab_ids))
-    draft = draft_from_target(target, list(config.layers), vocab_ids).train()
+    draft = (draft_from_target(target, list(config.layers), vocab_ids) if init is None else init).train()
     draft.model.embed_tokens.weight.requires_grad_(False)  # shared with the target, not shipped
     params = [p for p in draft.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -206,6 +214,20 @@ def _data(args: argparse.Namespace) -> None:
     print(f"{len(samples)} sequences, {n} target tokens with top-k logits -> {args.out}", file=sys.stderr)
 
 
+def _on_policy(args: argparse.Namespace) -> None:
+    """Write the draft's continuations of the training prompts, with the target's top-k logits, as a corpus."""
+    from .on_policy import on_policy_corpus
+
+    target, tokenizer = load_smollm2(pick_device(args.device), torch.float32)
+    draft = load_draft(target, args.draft or SMOLLM2_DRAFT_DIR)
+    prompts = training_prompts(seed=args.seed)[: args.max_prompts]
+    samples = on_policy_corpus(target, draft, tokenizer, prompts, batch_size=args.batch_size,
+                               max_new_tokens=args.max_new_tokens, seed=args.seed)
+    save_corpus(samples, args.out)
+    n = sum(len(s.topk_ids) for s in samples)
+    print(f"{len(samples)} draft continuations, {n} tokens labelled by the target -> {args.out}", file=sys.stderr)
+
+
 def cached_held_out(target: PreTrainedModel, tokenizer, corpus_path: str | Path) -> HeldOut:
     """The held-out continuations, generated once and cached beside the corpus file."""
     held_path = Path(corpus_path).with_suffix(".heldout.pt")
@@ -228,13 +250,15 @@ def _train(args: argparse.Namespace) -> None:
         layers=tuple(args.layers), vocab_size=args.vocab_size, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
     )
+    init = None if args.init is None else load_draft(target, args.init)
     start = time.perf_counter()
-    draft, log = train(target, samples, held_out, config)
+    draft, log = train(target, samples, held_out, config, init=init)
     minutes = (time.perf_counter() - start) / 60
     save_draft(draft, args.out)
     record = {
         "command": "python -m specdec_lib.training " + " ".join(sys.argv[1:]),
         "config": asdict(config),
+        "init": args.init,
         "corpus": {"sequences": len(samples), "target_tokens": sum(len(s.topk_ids) for s in samples)},
         "vocab_coverage": vocab_coverage(samples, draft.vocab_ids.cpu()),
         "train_minutes": round(minutes, 1),
@@ -251,12 +275,13 @@ def _eval(args: argparse.Namespace) -> None:
     held_out = held_out_set(target, tokenizer, HELDOUT_PROMPTS, max_new_tokens=args.max_new_tokens)
     seq, n = held_out.sequences[0][None], held_out.n_prompt[0]
     print(f"{len(HELDOUT_PROMPTS)} held-out prompts x {args.max_new_tokens} greedy tokens of the target")
-    print(f"{'draft':<10}{'agreement':>10}{'c':>7}{'best K':>8}{'predicted':>11}  about")
+    width = max(10, *(len(kind) + 2 for kind in args.drafts))  # folder names can be long
+    print(f"{'draft':<{width}}{'agreement':>10}{'c':>7}{'best K':>8}{'predicted':>11}  about")
     for kind in args.drafts:
         draft, about = smollm2_draft(target, kind)
         model = draft_model(draft)  # the EAGLE drafter's head
         use_small_batch_linear(model)
-        if kind == EAGLE_DRAFT:  # a step's 1st draft, which reads the target's true features
+        if isinstance(draft, EagleDrafter):  # a step's 1st draft, which reads the target's true features
             from .train_eagle import eagle_agreement, target_features
 
             features = target_features(target, held_out.sequences, progress=False)
@@ -265,7 +290,7 @@ def _eval(args: argparse.Namespace) -> None:
             alpha = greedy_agreement(draft, held_out)
         c = measure_cost_ratio(target, model, seq, at_lengths=[n, seq.shape[1] - 1])
         k = optimal_k(alpha, c)
-        print(f"{kind:<10}{alpha:>10.3f}{c:>7.3f}{k:>8}{expected_speedup(alpha, k, c):>10.2f}x  {about}")
+        print(f"{kind:<{width}}{alpha:>10.3f}{c:>7.3f}{k:>8}{expected_speedup(alpha, k, c):>10.2f}x  {about}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -294,14 +319,26 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--lr", type=positive_float, default=1e-3)
     fit.add_argument("--eval-every", type=positive_int, default=100)
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--init", type=existing_folder, default=None,
+                     help="go on training this draft folder (weights and vocabulary) instead of starting from --layers")
     fit.add_argument("--out", type=writable_path, required=True, help="folder to write the draft into")
     fit.set_defaults(run=_train)
     from .train_eagle import add_eagle_command  # it builds on this module's HeldOut
 
     add_eagle_command(sub, common)
+    own = sub.add_parser("onpolicy", parents=[common], help="the draft's own continuations, labelled by the target (DistillSpec)")
+    own.add_argument("--draft", type=existing_folder, default=None, help="draft folder (default: the shipped draft)")
+    own.add_argument("--batch-size", type=positive_int, default=32)
+    own.add_argument("--max-new-tokens", type=positive_int, default=96)
+    own.add_argument("--seed", type=int, default=0, help="training-prompt seed (chapter 06's corpus used 0)")
+    own.add_argument("--max-prompts", type=positive_int, default=None, help="use at most this many prompts")
+    own.add_argument("--device", type=device, default="cpu")
+    own.add_argument("--out", type=writable_path, required=True)
+    own.set_defaults(run=_on_policy)
     score = sub.add_parser("eval", parents=[common], help="score drafts of the SmolLM2 target on the held-out prompts")
     score.add_argument("--drafts", type=_draft_names, default="trained,eagle,int8,layers8,bf16",
-                       help="comma-separated draft names (eagle: agreement of a step's 1st draft)")
+                       help="comma-separated draft names or folders written by train/eagle "
+                       "(an EAGLE head: agreement of a step's 1st draft)")
     score.add_argument("--max-new-tokens", type=positive_int, default=64)
     score.set_defaults(run=_eval)
     args = parser.parse_args(argv)
@@ -319,7 +356,7 @@ def _draft_names(text: str) -> list[str]:
     for name in names:
         if name == PROMPT_LOOKUP:
             raise argparse.ArgumentTypeError("eval scores draft models; prompt lookup has none (use bench --draft prompt-lookup)")
-        if name not in (TRAINED_DRAFT, EAGLE_DRAFT):
+        if name not in (TRAINED_DRAFT, EAGLE_DRAFT) and not Path(name).is_dir():  # a folder: a draft you trained
             try:
                 stand_in_draft_check(name, torch.device("cpu"))
             except ValueError as err:
