@@ -185,3 +185,13 @@ def test_a_draft_you_trained_loads_from_its_folder(tmp_path):
     assert isinstance(head, EagleDrafter) and "EAGLE head" in about
     with pytest.raises(FileNotFoundError, match="no trained draft"):
         saved_draft(target, tmp_path)
+
+
+def test_draft_names_win_over_folders_of_the_same_name(tmp_path, monkeypatch):
+    from specdec_lib.models.pairs import is_saved_draft
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("int8", "layers3", "trained", "mine"):
+        (tmp_path / name).mkdir()
+    assert not any(is_saved_draft(name) for name in ("int8", "layers3", "trained", "eagle", "nope"))
+    assert is_saved_draft("mine") and is_saved_draft(str(tmp_path / "mine"))

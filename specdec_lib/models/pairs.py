@@ -139,9 +139,19 @@ def _truncated_copy(model: PreTrainedModel, n_layers: int) -> PreTrainedModel:
     return draft
 
 
+def is_stand_in(kind: str) -> bool:
+    """Whether `kind` names a stand-in draft: one of STAND_INS or 'layersN'."""
+    return kind in STAND_INS or re.fullmatch(r"layers[1-9]\d*", kind) is not None
+
+
+def is_saved_draft(kind: str) -> bool:
+    """Whether `kind` is a folder to load a trained draft from (draft names win over same-named folders)."""
+    return kind not in (TRAINED_DRAFT, EAGLE_DRAFT, PROMPT_LOOKUP) and not is_stand_in(kind) and Path(kind).is_dir()
+
+
 def stand_in_draft_check(kind: str, device: torch.device) -> None:
     """Raise a ValueError naming the choices when `kind` is not a stand-in that runs on `device`."""
-    if kind not in STAND_INS and not re.fullmatch(r"layers[1-9]\d*", kind):
+    if not is_stand_in(kind):
         raise ValueError(f"unknown draft {kind!r} for SmolLM2; choose {TRAINED_DRAFT!r} (the default), {EAGLE_DRAFT!r}, "
                          f"{PROMPT_LOOKUP!r}, a stand-in from {sorted(STAND_INS)}, or 'layersN'")
     if kind == "int8" and device.type != "cpu":
@@ -238,7 +248,7 @@ def load_pair(
     if preset != "smollm2":
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     kind = draft or TRAINED_DRAFT
-    if kind not in (TRAINED_DRAFT, EAGLE_DRAFT, PROMPT_LOOKUP) and not Path(kind).is_dir():
+    if kind not in (TRAINED_DRAFT, EAGLE_DRAFT, PROMPT_LOOKUP) and not is_saved_draft(kind):
         stand_in_draft_check(kind, device)
     target_model, tokenizer = load_smollm2(device, dtype)
     draft_model, about = smollm2_draft(target_model, kind)
@@ -275,7 +285,7 @@ def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[P
         return EagleDrafter(head), f"its EAGLE head ({draft_summary(head)} + the target's features)"
     if kind == PROMPT_LOOKUP:
         return PromptLookupDrafter(), "prompt lookup (no draft model)"
-    if Path(kind).is_dir():
+    if is_saved_draft(kind):
         return saved_draft(target, Path(kind))
     draft = stand_in_draft(target, kind)
     check_same_vocab(target, draft)

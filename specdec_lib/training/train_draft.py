@@ -42,7 +42,7 @@ from ..bench.args import (
 )
 from ..models import load_smollm2, pick_device, smollm2_draft
 from ..drafters.eagle import EagleDrafter
-from ..models.pairs import EAGLE_DRAFT, PROMPT_LOOKUP, TRAINED_DRAFT, stand_in_draft_check
+from ..models.pairs import EAGLE_DRAFT, PROMPT_LOOKUP, TRAINED_DRAFT, is_saved_draft, stand_in_draft_check
 from ..models.cpu_kernels import use_small_batch_linear
 from .corpus import Sample, generate_corpus, load_corpus, save_corpus
 from .draft_model import SMOLLM2_DRAFT_DIR, RestrictedVocabLlama, draft_from_target, load_draft, save_draft
@@ -356,7 +356,7 @@ def _draft_names(text: str) -> list[str]:
     for name in names:
         if name == PROMPT_LOOKUP:
             raise argparse.ArgumentTypeError("eval scores draft models; prompt lookup has none (use bench --draft prompt-lookup)")
-        if name not in (TRAINED_DRAFT, EAGLE_DRAFT) and not Path(name).is_dir():  # a folder: a draft you trained
+        if name not in (TRAINED_DRAFT, EAGLE_DRAFT) and not is_saved_draft(name):  # a folder: a draft you trained
             try:
                 stand_in_draft_check(name, torch.device("cpu"))
             except ValueError as err:
