@@ -115,8 +115,9 @@ def test_cli_sweeps_the_static_loop(tmp_path):
 @pytest.mark.parametrize(
     "flags, hf_method",
     [(["--draft", "prompt-lookup"], "HF prompt lookup"),
-     (["--confidence-threshold", "0.4", "--schedule", "heuristic"], "HF assisted generation")],
-    ids=["prompt-lookup", "dynamic-k"],
+     (["--confidence-threshold", "0.4", "--schedule", "heuristic"], "HF assisted generation"),
+     (["--confidence-threshold", "0.4", "--cost-aware"], "HF assisted generation")],
+    ids=["prompt-lookup", "dynamic-k", "cost-aware"],
 )
 def test_cli_times_other_drafters_next_to_transformers(tmp_path, flags, hf_method):
     """--draft prompt-lookup and --confidence-threshold/--schedule run through the same sweep, with --hf beside."""
@@ -130,6 +131,26 @@ def test_cli_times_other_drafters_next_to_transformers(tmp_path, flags, hf_metho
         assert r["hf_method"] == hf_method and r["hf_speedup"] > 0
         assert (r["c"] == 0.0) == (flags[0] == "--draft")  # no draft model, no draft cost
     assert report["schedule"] == ("heuristic" if "--schedule" in flags else "constant")
+    assert report["cost_aware"] == ("--cost-aware" in flags)
+    if "--cost-aware" in flags:  # measured before timing: verifying 1..k+1 tokens, and c
+        costs = report["step_costs"]
+        assert sorted(costs["verify"]) == [1, 2, 3, 4, 5] and costs["verify"][1] == 1.0 and costs["draft"] > 0
+        assert "cost-aware" in report["pair"]
+    else:
+        assert report["step_costs"] is None
+
+
+def test_heldout_prompt_set_is_the_held_out_prompts_beyond_the_varied_ones(tmp_path):
+    from test_models import save_tiny_pair
+    from specdec_lib.training.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, training_prompts
+
+    target_path, draft_path = save_tiny_pair("llama", tmp_path)  # a pair with a tokenizer, so the texts are kept
+    report = main(["--target", str(target_path), "--draft", str(draft_path), "--prompt-set", "heldout", "--k", "1",
+                   "--max-new-tokens", "4", "--num-prompts", "3", "--repeats", "1"])
+    assert report["prompt_set"] == "heldout" and report["chat"] is False
+    assert report["prompts"] == list(HELDOUT_PROMPTS[5:8]) and not set(report["prompts"]) & set(DEFAULT_PROMPTS)
+    assert all(r["outputs_match_target"] for r in report["runs"])
+    assert not set(HELDOUT_PROMPTS) & set(training_prompts(n_source_files=0))
 
 
 def test_grounded_prompt_set_is_used_and_never_trained_on():
@@ -205,7 +226,7 @@ def test_cli_times_token_trees_next_to_chains(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--temperature", "1"], ["--draft", "prompt-lookup"], ["--alpha", "0.5"],
-                                   ["--confidence-threshold", "0.4"], ["--tree", "2,0"]])
+                                   ["--confidence-threshold", "0.4"], ["--cost-aware"], ["--tree", "2,0"]])
 def test_cli_rejects_trees_it_cannot_run(flags, capsys):
     with pytest.raises(SystemExit):
         main(["--preset", "tiny-gpt2", "--tree", "2,1", *flags])

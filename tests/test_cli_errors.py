@@ -37,6 +37,8 @@ BENCH = [
     ("--confidence-threshold", ["--confidence-threshold", "1.5"]),
     ("--confidence-threshold", ["--preset", "tiny-gpt2", "--draft", "prompt-lookup", "--confidence-threshold", "0.4"]),
     ("--schedule", ["--schedule", "fast"]),
+    ("--cost-aware", ["--preset", "tiny-gpt2", "--draft", "prompt-lookup", "--cost-aware"]),  # no draft model to stop
+    ("--cost-aware", ["--cost-aware=yes"]),
     ("--prompt-set", ["--prompt-set", "nope"]),
     ("--chat", ["--preset", "tiny-gpt2", "--chat"]),  # the random pairs have no tokenizer
     ("--cache", ["--cache", "paged"]),

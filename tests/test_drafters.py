@@ -12,7 +12,7 @@ import torch
 
 from conftest import cached_pair, prompts
 from specdec_lib import speculative_generate
-from specdec_lib.drafters import ModelDrafter, PromptLookupDrafter, lookup_continuation, match_length
+from specdec_lib.drafters import ModelDrafter, PromptLookupDrafter, StepCosts, lookup_continuation, match_length
 from specdec_lib.loop.kv_cache import CacheSpec
 from specdec_lib.loop.sampling_check import chi2_pvalue
 from specdec_lib.testing import exact_two_token_distribution, tiny_pair
@@ -90,6 +90,65 @@ def test_model_drafter_bad_arguments(kwargs):
         ModelDrafter(draft, **kwargs)
 
 
+@pytest.mark.parametrize("verify, draft", [({2: 1.1}, 0.1), ({1: 1.0, 3: 1.2}, 0.1), ({1: 1.0}, 0.1),
+                                           ({1: 1.0, 2: 0.0}, 0.1), ({1: 1.0, 2: float("nan")}, 0.1),
+                                           ({1: 1.0, 2: 1.1}, -0.1), ({1: 1.0, 2: 1.1}, float("inf"))])
+def test_step_costs_bad_arguments(verify, draft):
+    with pytest.raises(ValueError, match="verify|draft"):
+        StepCosts(verify, draft)
+
+
+def test_model_drafter_costs_must_be_step_costs():
+    _, draft = cached_pair("gpt2", "medium")
+    with pytest.raises(TypeError, match="StepCosts"):
+        ModelDrafter(draft, costs={1: 1.0, 2: 1.1})
+
+
+def test_step_costs_extrapolate_and_decide():
+    costs = StepCosts({1: 1.0, 2: 1.1, 3: 1.5}, draft=0.1)
+    assert [costs.verify_cost(n) for n in (1, 3, 4, 6)] == pytest.approx([1.0, 1.5, 1.9, 2.7])  # the last slope goes on
+    # A first draft after one draft call: worth it when (1 + chance) / (1.1 + 0.1) >= 1 / (1 + 0.1), chance >= 1/11.
+    assert costs.pays(1.0, 0.1, 0, 1) and not costs.pays(1.0, 0.08, 0, 1)
+    # A second one, from 1.5 expected tokens after two calls: (1.5 + chance) / 1.7 >= 1.5 / 1.3, chance >= 0.4615.
+    assert costs.pays(1.5, 0.47, 1, 2) and not costs.pays(1.5, 0.46, 1, 2)
+    free = StepCosts({1: 1.0, 2: 1.0}, draft=0.0)  # verification costs nothing more: any chance pays
+    assert free.pays(3.0, 1e-6, 5, 6)
+
+
+FLAT = StepCosts({1: 1.0, 2: 1.0}, draft=0.0)  # never stops anything: the threshold alone decides
+CLIFF = StepCosts({1: 1.0, 2: 1.0, 3: 1.0, 4: 10.0}, draft=0.0)  # a 3rd draft never pays
+CPU_LIKE = StepCosts({1: 1.0, 2: 1.05, 3: 1.1, 4: 1.5, 5: 1.6, 6: 1.7}, draft=0.1)  # this course's CPU, roughly
+
+
+@pytest.mark.parametrize("costs", [CLIFF, CPU_LIKE], ids=["cliff", "cpu-like"])
+@pytest.mark.parametrize("threshold", [None, 0.4])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_cost_aware_draft_equals_target_greedy(arch, threshold, costs):
+    """Stopping before a draft that does not pay leaves the output the target's, and really shortens chains."""
+    target, draft = cached_pair(arch, "medium")
+    dropped, lengths = 0, set()
+    for p, ref in zip(prompts(), hf_greedy(arch)):
+        out = speculative_generate(target, ModelDrafter(draft, confidence_threshold=threshold, costs=costs), p,
+                                   max_new_tokens=NEW, k=8)
+        assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
+        dropped += out.stats.draft_calls - sum(out.stats.proposed)  # a draft computed, then judged not worth verifying
+        lengths |= set(out.stats.proposed[:-1])
+    assert dropped > 0 and len(lengths) > 1
+    if costs is CLIFF:
+        assert max(lengths) <= 2
+
+
+def test_flat_costs_change_nothing():
+    """With verification free, every draft pays: the cost-aware run is the threshold's own run, step for step."""
+    target, draft = cached_pair("llama", "medium")
+    p = prompts()[6]
+    plain = speculative_generate(target, ModelDrafter(draft, confidence_threshold=0.4), p, max_new_tokens=NEW, k=8)
+    aware = speculative_generate(target, ModelDrafter(draft, confidence_threshold=0.4, costs=FLAT), p,
+                                 max_new_tokens=NEW, k=8)
+    assert aware.stats.proposed == plain.stats.proposed and torch.equal(aware.sequences, plain.sequences)
+    assert aware.stats.draft_calls == plain.stats.draft_calls
+
+
 @lru_cache(maxsize=None)
 def hf_greedy(arch: str) -> list[torch.Tensor]:
     target, _ = cached_pair(arch, "medium")
@@ -151,7 +210,7 @@ def test_heuristic_schedule_grows_after_full_acceptance_and_shrinks_after_a_miss
     assert len(set(s.proposed)) > 2
 
 
-@pytest.mark.parametrize("name", ["prompt lookup", "fixed-length prompt lookup", "threshold + heuristic"])
+@pytest.mark.parametrize("name", ["prompt lookup", "fixed-length prompt lookup", "threshold + heuristic", "cost-aware"])
 def test_sampling_stays_exact(name):
     """At temperature 1 the first two tokens follow the target's exact joint distribution (chi-square)."""
     vocab = 8
@@ -164,16 +223,23 @@ def test_sampling_stays_exact(name):
     prompt = candidates[int(likes.argmax())].view(1, -1)
     exact = exact_two_token_distribution(target, prompt, temperature=1.0)
     gen = torch.Generator().manual_seed(0)
-    pairs, accepted = [], 0
+    pairs, accepted, lengths = [], 0, set()
+    # cost-aware: a 1st draft is free to verify, a 2nd pays only after a 1st the draft is fairly sure of
+    # (in this pair about 2/3 of runs propose two); the decision depends on the 1st draft, never on the 2nd
+    costs = StepCosts({1: 1.0, 2: 1.0, 3: 1.1}, draft=0.0)
     for _ in range(4_000):
         drafter = PromptLookupDrafter() if name == "prompt lookup" else \
             PromptLookupDrafter(adaptive=False) if name.startswith("fixed") else \
+            ModelDrafter(draft, costs=costs) if name == "cost-aware" else \
             ModelDrafter(draft, confidence_threshold=0.4, schedule="heuristic")
         out = speculative_generate(target, drafter, prompt, max_new_tokens=3, k=2, temperature=1.0, generator=gen)
         a, b = out.sequences[0, 5:7].tolist()
         pairs.append(a * vocab + b)
         accepted += out.stats.accepted[0]
+        lengths.add(out.stats.proposed[0])
     assert accepted > 400  # drafts really were accepted
+    if name == "cost-aware":
+        assert lengths == {1, 2}  # and the rule really stopped some chains short
     assert chi2_pvalue(pairs, exact) > P_MIN
 
 

@@ -1,6 +1,6 @@
 """Benchmarking: how fast, and why. Chapters 04-05.
 
-- timing: the one timer (synchronised on CUDA, calls interleaved), c and verification costs
+- timing: the one timer (synchronised on CUDA, calls interleaved), c and verification costs (`measure_step_costs`)
 - theory: the speedup formula of Leviathan et al. (tokens per step, speedup, best K, alpha)
 - runs: benchmark (four decoding methods timed round-robin) and sweep_k
 - report: tables and the device's name; cli: `python -m specdec_lib.bench [compare]`
@@ -10,4 +10,4 @@
 from .runs import BenchResult, MethodResult, benchmark, hf_assisted_generate, sweep_k
 from .report import format_report, format_sweep, pooled_alpha_c
 from .theory import estimate_alpha, expected_speedup, expected_tokens_per_step, optimal_k
-from .timing import measure_cost_ratio, median_seconds, stopwatch, sync_device, verify_cost_ratios
+from .timing import measure_cost_ratio, measure_step_costs, median_seconds, stopwatch, sync_device, verify_cost_ratios

@@ -23,7 +23,7 @@ from ..models import PROMPT_LOOKUP, load_pair, pick_device
 from ..models.cpu_kernels import fast_on_cpu
 from ..testing import tiny_gpt2_pair
 from ..drafters import Drafter, ModelDrafter, PromptLookupDrafter
-from ..training.prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, as_chat, load_prompts
+from ..training.prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, HELDOUT_PROMPTS, as_chat, load_prompts
 from ..viz.plots import plot_k_sweep
 from .args import (
     device,
@@ -36,9 +36,11 @@ from .args import (
     writable_path,
 )
 
-PROMPT_SETS = {"varied": DEFAULT_PROMPTS, "grounded": GROUNDED_PROMPTS}
+# heldout: the 30 held-out prompts beyond the varied five (never trained on, never tuned on by the chapters)
+PROMPT_SETS = {"varied": DEFAULT_PROMPTS, "grounded": GROUNDED_PROMPTS, "heldout": HELDOUT_PROMPTS[len(DEFAULT_PROMPTS):]}
 from .report import chain_runs, device_name, format_report, pooled_alpha_c
 from .runs import BenchResult, benchmark, loop_label, loop_methods, sweep_k
+from .timing import measure_step_costs
 from .seed_pair import SEED_PAIR_NAME, read_alpha, seed_sized_pair
 from .theory import optimal_k
 
@@ -84,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--confidence-threshold", type=probability, default=None,
                         help="the draft model stops drafting after a token it gives less than this probability "
                         "(transformers' default 0.4); --k is then the maximum")
+    parser.add_argument("--cost-aware", action="store_true",
+                        help="the draft model also stops before a draft whose chance of passing does not pay for "
+                        "verifying it, by the verification costs and c measured on this machine before timing (chapter 07)")
     parser.add_argument("--schedule", choices=["constant", "heuristic"], default="constant",
                         help="heuristic: the draft length grows by 2 after a fully accepted step, shrinks by 1 otherwise")
     parser.add_argument("--k", type=positive_int_list, default=[1, 2, 4, 6, 8], help="comma-separated, e.g. 1,2,4,8")
@@ -95,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--prompts", type=existing_file,
                         help="file of prompts: a JSON list, or one per line (\\n for newlines)")
     parser.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="varied",
-                        help="built-in prompts when no --prompts file: varied (default) or grounded (answers copy the input)")
+                        help="built-in prompts when no --prompts file: varied (default), grounded (answers copy the input) or "
+                        "heldout (30 more continuations in the varied styles, held out from draft training)")
     parser.add_argument("--num-prompts", type=positive_int, default=None, help="use only the first N prompts")
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                         help="wrap each prompt in the tokenizer's chat template as a user turn and stop every method "
@@ -119,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         parser.error("--tree gathers the accepted path in a dynamic cache: drop --cache static for tree runs")
     if args.tree and (args.temperature > 0 or args.alpha is not None or args.draft == PROMPT_LOOKUP):
         parser.error("--tree verifies greedily with a draft model: it needs --temperature 0, no --alpha and a draft model")
-    if args.tree and (args.confidence_threshold is not None or args.schedule != "constant"):
-        parser.error("--confidence-threshold and --schedule shape chains of drafts; a --tree has a fixed shape")
+    if args.tree and (args.confidence_threshold is not None or args.schedule != "constant" or args.cost_aware):
+        parser.error("--confidence-threshold, --schedule and --cost-aware shape chains of drafts; a --tree has a fixed shape")
     imposed, alpha_source = None, None
     if args.alpha is not None:
         with library_errors_to_usage(parser, "--alpha"):
@@ -137,11 +143,14 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     torch.manual_seed(0)
     with library_errors_to_usage(parser, "--target/--draft" if args.target else "--preset/--draft"):
         target, draft, tokenizer, name = _load(args)
-    if args.confidence_threshold is not None or args.schedule != "constant":
+    costs = None
+    if args.confidence_threshold is not None or args.schedule != "constant" or args.cost_aware:
         if not isinstance(draft, torch.nn.Module):
-            parser.error("--confidence-threshold and --schedule shape a draft model's drafting; this draft has no model")
+            parser.error("--confidence-threshold, --schedule and --cost-aware shape a draft model's drafting; this draft has no model")
+        model = draft
         draft = ModelDrafter(draft, confidence_threshold=args.confidence_threshold, schedule=args.schedule)
-        name += f", drafting up to k tokens (confidence threshold {args.confidence_threshold}, schedule {args.schedule})"
+        name += f", drafting up to k tokens (confidence threshold {args.confidence_threshold}, schedule {args.schedule}"
+        name += ", cost-aware)" if args.cost_aware else ")"
     if imposed is not None:
         name += f"\nacceptance IMPOSED at alpha {imposed:.3f} ({alpha_source}), not checked"
     if tokenizer is None:  # the random pairs have no tokenizer: random prompts of 8 tokens
@@ -158,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         prompts = [tokenizer(as_chat(tokenizer, t) if chat else t, return_tensors="pt").input_ids for t in texts]
     if chat:
         name += "\nprompts in the chat template, each run stopping at the end of the reply"
+    if args.cost_aware:  # measured now, on the first prompt, so that no timed run pays for it
+        draft.costs = costs = measure_step_costs(target, model, prompts[0].to(target.device), max(args.k))
+        print("step costs in single-token target calls: verify", {n: round(v, 3) for n, v in costs.verify.items()},
+              f"draft {costs.draft:.3f}")
     print(f"{name}\ndevice {target.device}, {args.dtype}, {loop_label(args.cache, args.compile)}, temperature {args.temperature}, "
           f"{'up to ' if chat else ''}{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
     runs = sweep_k(target, draft, prompts, args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
@@ -171,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         "repeats": args.repeats, "prompts": texts, "alpha_imposed": imposed, "alpha_source": alpha_source,
         "alpha": alpha, "c": c, "cpu_kernels": args.cpu_kernels, "prompt_set": None if args.prompts else args.prompt_set,
         "chat": chat,
-        "confidence_threshold": args.confidence_threshold, "schedule": args.schedule,
+        "confidence_threshold": args.confidence_threshold, "schedule": args.schedule, "cost_aware": args.cost_aware,
+        "step_costs": None if costs is None else {"verify": costs.verify, "draft": costs.draft},
         "cache_implementation": args.cache, "compile": args.compile,
         "best_k_measured": best["k"], "best_k_predicted": optimal_k(alpha, c), "runs": runs,
     }

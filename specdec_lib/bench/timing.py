@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import torch
 from transformers import PreTrainedModel
 
+from ..drafters.model import StepCosts
 from ..loop.kv_cache import CacheSpec, ModelRunner
 
 T = TypeVar("T")
@@ -112,3 +113,13 @@ def verify_cost_ratios(
     calls = {n: _cached_call(model, prefix, n) for n in sorted({1, *n_new})}
     median = median_seconds(calls, model.device, repeats=n_calls, warmup=2)
     return {n: median[n] / median[1] for n in n_new}
+
+
+def measure_step_costs(
+    target: PreTrainedModel, draft: PreTrainedModel, prefix: torch.Tensor, k: int, n_calls: int = 10
+) -> StepCosts:
+    """This machine's `StepCosts` for drafting up to k tokens: verifying 1..k+1 new tokens, and c (chapter 07)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    verify = verify_cost_ratios(target, prefix, n_new=range(1, k + 2), n_calls=n_calls)
+    return StepCosts(verify=verify, draft=measure_cost_ratio(target, draft, prefix.view(1, -1), n_calls=n_calls))

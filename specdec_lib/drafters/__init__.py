@@ -2,7 +2,8 @@
 
 - base: the `Drafter` protocol the loop talks to, with `Proposal` and `Verified`
 - model: `ModelDrafter`, a small causal LM with its own KV cache (chapters 01-06), optionally
-  stopping early when unsure or adapting its length (chapter 07), or filling a token tree (chapter 09)
+  stopping early when unsure, when a draft does not pay for its verification (`StepCosts`) or adapting
+  its length (chapter 07), or filling a token tree (chapter 09)
 - prompt_lookup: `PromptLookupDrafter`, no model: continue an n-gram found earlier in the text (chapter 07)
 - eagle: `EagleDrafter` and its `EagleHead`, a draft that reads the target's features (chapter 08)
 """
@@ -13,7 +14,7 @@ from torch import nn
 
 from .base import Drafter, Proposal, TreeDrafter, Verified
 from .eagle import EagleDrafter, EagleHead
-from .model import ModelDrafter, check_same_vocab
+from .model import ModelDrafter, StepCosts, check_same_vocab
 from .prompt_lookup import PromptLookupDrafter, find_ngram_match, lookup_continuation, match_length
 
 
@@ -28,5 +29,5 @@ def as_drafter(draft: Drafter | nn.Module) -> Drafter:
     raise TypeError(f"draft must be a causal LM or a Drafter (start/propose/update), got {type(draft).__name__}")
 
 
-__all__ = ["Drafter", "EagleDrafter", "EagleHead", "ModelDrafter", "TreeDrafter", "PromptLookupDrafter", "Proposal", "Verified", "as_drafter", "check_same_vocab",
+__all__ = ["Drafter", "EagleDrafter", "EagleHead", "ModelDrafter", "TreeDrafter", "PromptLookupDrafter", "Proposal", "StepCosts", "Verified", "as_drafter", "check_same_vocab",
            "find_ngram_match", "lookup_continuation", "match_length"]

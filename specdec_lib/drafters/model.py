@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -32,25 +36,78 @@ def check_same_vocab(
 SCHEDULES = ("constant", "heuristic")
 
 
+@dataclass(frozen=True)
+class StepCosts:
+    """What a speculative step costs on this machine, in single-token target calls (chapter 05's units).
+
+    - ``verify[n]``: one target call over n new tokens (n - 1 drafts and the token before them), as
+      `specdec_lib.bench.timing.verify_cost_ratios` measures it; ``verify[1]`` is 1.0 by definition.
+    - ``draft``: one draft call, c (`measure_cost_ratio`).
+    Counts above the largest measured n continue the last measured slope.
+    """
+
+    verify: Mapping[int, float]
+    draft: float
+
+    def __post_init__(self) -> None:
+        counts = sorted(self.verify)
+        if counts[:2] != [1, 2] or counts != list(range(1, len(counts) + 1)):
+            raise ValueError(f"verify must give the cost of 1, 2, ... n new tokens with no gaps, got counts {counts}")
+        if any(not (math.isfinite(v) and v > 0) for v in self.verify.values()):
+            raise ValueError(f"verify costs must be positive and finite, got {dict(self.verify)}")
+        if not (math.isfinite(self.draft) and self.draft >= 0):
+            raise ValueError(f"draft cost must be >= 0 and finite, got {self.draft!r}")
+
+    def verify_cost(self, n: int) -> float:
+        """One target call over n new tokens; past the last measured count, the last slope continues."""
+        top = len(self.verify)
+        if n <= top:
+            return self.verify[n]
+        return self.verify[top] + (n - top) * (self.verify[top] - self.verify[top - 1])
+
+    def pays(self, expected: float, chance: float, n_drafts: int, draft_calls: int) -> bool:
+        """Whether proposing one more draft raises expected tokens per unit of cost.
+
+        `expected` tokens from the `n_drafts` proposed so far (1 + the chance each passes), `chance`
+        that the next one passes too, `draft_calls` already paid (spent either way).
+        """
+        now = self.verify_cost(n_drafts + 1) + draft_calls * self.draft
+        more = self.verify_cost(n_drafts + 2) + draft_calls * self.draft
+        return (expected + chance) / more >= expected / now
+
+
 class ModelDrafter:
     """Drafts with a small model: up to k cached forward passes per step, rolled back to the accepted tokens after it.
 
-    Two ways to draft fewer than k tokens when that pays (transformers' assisted generation has both):
+    Ways to draft fewer than k tokens when that pays (transformers' assisted generation has the first two):
     - ``confidence_threshold``: stop after a token the draft itself gives less than this probability
       (it is still proposed); k is then a maximum. transformers' default is 0.4.
     - ``schedule="heuristic"``: the draft length grows by 2 after a step whose drafts all passed and
       shrinks by 1 otherwise, between 1 and the k the loop asks for.
-    Neither changes what the target accepts, so the output stays exactly the target's.
+    - ``costs`` (a `StepCosts` measured on this machine): stop before a draft whose chance of passing
+      (the draft's top probability there, times its probabilities of the drafts before it) does not pay
+      for verifying it. The check comes before sampling, so sampling stays exact. On a CPU,
+      where verifying 4 tokens can cost 1.5 single-token calls, this keeps chains short; on a GPU,
+      where verification is nearly flat in K, it rarely stops.
+    None of them changes what the target accepts, so the output stays exactly the target's.
     """
 
     needs_hidden_states = False
 
-    def __init__(self, model: PreTrainedModel, confidence_threshold: float | None = None, schedule: str = "constant"):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        confidence_threshold: float | None = None,
+        schedule: str = "constant",
+        costs: StepCosts | None = None,
+    ):
+        if costs is not None and not isinstance(costs, StepCosts):
+            raise TypeError(f"costs must be a StepCosts (see specdec_lib.bench.measure_step_costs), got {type(costs).__name__}")
         if confidence_threshold is not None and not 0.0 <= confidence_threshold <= 1.0:  # NaN fails too
             raise ValueError(f"confidence_threshold must lie in [0, 1] or be None, got {confidence_threshold!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-        self.model, self.confidence_threshold, self.schedule = model, confidence_threshold, schedule
+        self.model, self.confidence_threshold, self.schedule, self.costs = model, confidence_threshold, schedule, costs
         self.runner: ModelRunner | None = None
         self.length: int | None = None  # the heuristic schedule's current draft length
         self.proposed = 0  # how many tokens the last proposal held
@@ -75,15 +132,25 @@ class ModelDrafter:
         if limit is not None:
             k = max(0, min(k, limit - seq.shape[1] + 1))
         tokens, probs = [], []
-        for _ in range(k):
+        expected, chance = 1.0, 1.0  # tokens this step yields so far (the target's own one included); P(all drafts pass)
+        for i in range(k):
             logits = self.runner.logits(seq)[-1]
+            # The draft's own probabilities: softmax of its raw logits (before temperature), as transformers reads them.
+            own = None if self.confidence_threshold is None and self.costs is None else torch.softmax(logits.float(), -1)
+            # Decided before sampling, on the draft's best guess: dropping a sampled token because it looks unlikely
+            # would skew the proposals away from q, and rejection sampling would no longer be exact.
+            if self.costs is not None and not self.costs.pays(expected, chance * float(own.max()), len(tokens), i + 1):
+                break
             token, q = sampler.choose(logits)
             token = token.to(seq.device).view(1)
             tokens.append(token)
             probs.append(q)
             seq = torch.cat([seq, token.view(1, 1)], dim=1)
-            if self.confidence_threshold is not None and self._unsure(logits, token):
-                break
+            if own is not None:
+                confidence = float(own[token.to(own.device)])  # a host sync
+                chance, expected = chance * confidence, expected + chance * confidence
+                if self.confidence_threshold is not None and confidence < self.confidence_threshold:
+                    break
         self.proposed = len(tokens)
         if not tokens:
             return Proposal(seq.new_empty(0))
@@ -114,10 +181,6 @@ class ModelDrafter:
                 self.runner.rollback(seq.shape[1])  # keep the committed text cached; nodes are re-fed next depth
                 above = level
         return Proposal(nodes)
-
-    def _unsure(self, logits: torch.Tensor, token: torch.Tensor) -> bool:
-        """Whether the draft's own probability of `token` (softmax of its raw logits) is below the threshold."""
-        return float(torch.softmax(logits.float(), dim=-1)[token.to(logits.device)]) < self.confidence_threshold  # a host sync
 
     def update(self, seq: torch.Tensor, n_accepted: int, verified: Verified) -> None:
         """Keep only cache entries of tokens still in seq (its newest token is not fed yet); adapt the schedule."""
