@@ -87,8 +87,8 @@ class ModelDrafter:
     - ``costs`` (a `StepCosts` measured on this machine): stop before a draft whose chance of passing
       (the draft's top probability there, times its probabilities of the drafts before it) does not pay
       for verifying it. The check comes before sampling, so sampling stays exact. On a CPU,
-      where verifying 4 tokens can cost 1.5 single-token calls, this keeps chains short; on a GPU,
-      where verification is nearly flat in K, it rarely stops.
+      where verifying 4 tokens can cost 1.5 single-token calls, this keeps chains short; where
+      verification is nearly flat in K (a GPU at batch 1), it seldom stops anything.
     None of them changes what the target accepts, so the output stays exactly the target's.
     """
 
