@@ -1,6 +1,7 @@
 # One-command set-up for the speculative decoding tutorial.
 #   make lab    create .venv if missing, install everything, open JupyterLab on notebooks/
-#   make test   same environment, then unit tests and nbval over every notebook
+#   make test   same environment, then every unit test (slow and compile tiers too) and nbval over every notebook
+#   make unit   the fast unit tests only (a few minutes)
 #
 # GPU users: the default torch pin resolves to a CPU build on machines with a local wheel
 # cache (and on CI). To get a CUDA build, override TORCH and/or TORCH_INDEX, for example
@@ -38,8 +39,12 @@ lab: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The fast tier: every property on a representative subset (the long grids, chi-square runs and
+# compiles are marked slow/compile and run in `make test`), one single-threaded worker per core:
+# tiny models gain little from a second thread and much from a second process.
+UNIT_WORKERS ?= auto
 unit: install
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -m "not slow and not compile" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
 
 notebooks: install
 	$(PY) -m pytest notebooks $(PYTEST_ARGS)

@@ -11,10 +11,11 @@ import sys
 
 import torch
 
-from specdec_lib.drafters.eagle import load_eagle
+from specdec_lib.models.eagle_head import load_eagle
 from specdec_lib.models import load_smollm2
-from specdec_lib.training.train_draft import cached_held_out
-from specdec_lib.training.train_eagle import EagleConfig, eagle_agreement, load_eagle_data, target_features
+from specdec_lib.training.evaluate import cached_held_out
+from specdec_lib.training.evaluate import eagle_agreement, target_features
+from specdec_lib.training.train_eagle import EagleConfig, load_eagle_data
 
 
 def main(head_folder: str, corpus: str, n: int = 64) -> None:

@@ -1,16 +1,18 @@
 """specdec_lib: the tested code behind the speculative decoding notebooks, in rooms named after what they hold.
 
-- loop: the speculative loop and its rules: greedy, sampling, KV caches, generate (chapters 01-04),
-  token trees (09), static caches and compiled steps (10)
-- drafters: whatever proposes tokens: the Drafter protocol, ModelDrafter (one kind of draft per file)
-- models: load_pair and the model presets; cpu_kernels for cheap verification on CPUs
-- bench: timing, the speedup theory, benchmark runs and reports, `python -m specdec_lib.bench` (chapters 04-05)
-- training: prompts, the distillation corpus, the draft model, `python -m specdec_lib.training` (chapter 06)
+Bottom to top (a room imports only rooms below it; tests/test_layering.py checks it):
+- loop: one speculative step (`speculative_step`) and the loop over it, the acceptance rules, the
+  Drafter protocol, KV caches behind one interface, token trees (09), static caches and compiled steps (10)
+- drafters: whatever proposes tokens, one kind per file, and the registry of drafts by name
+- models: load_pair and the presets, the draft networks (RestrictedVocabLlama, EagleHead), cpu_kernels
+- prompts: the prompt sets (varied, grounded, held-out, training)
+- bench: c and verification costs, the speedup theory, benchmark runs and reports (chapters 04-05)
+- training: the distillation corpus, draft and EAGLE training, evaluation (chapters 06, 08)
 - viz: widgets and plots
 - testing: fixtures for the tests (tiny random models, a toy tokenizer)
+- cli: `python -m specdec_lib.bench` and `python -m specdec_lib.training`
 """
 
-# loop first: its generate module imports the drafters, which import the loop's sampling and caches.
 from .loop import (
     CacheSpec,
     ModelRunner,
@@ -26,17 +28,20 @@ from .loop import (
     rejection_verify,
     sample,
     speculative_generate,
+    speculative_step,
 )
-from .drafters import Drafter, ModelDrafter
+from .drafters import Drafter, DrafterBase, ModelDrafter, Proposal, register_draft
 from .models import ModelPair, ModelUnavailableError, load_pair, pick_device
 
 __all__ = [
     "CacheSpec",
     "Drafter",
+    "DrafterBase",
     "ModelDrafter",
     "ModelPair",
     "ModelRunner",
     "ModelUnavailableError",
+    "Proposal",
     "Sampler",
     "SpecOutput",
     "SpecStats",
@@ -48,7 +53,9 @@ __all__ = [
     "logits_to_probs",
     "pick_device",
     "pool_steps",
+    "register_draft",
     "rejection_verify",
     "sample",
     "speculative_generate",
+    "speculative_step",
 ]

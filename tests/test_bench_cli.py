@@ -8,9 +8,9 @@ matplotlib.use("Agg")
 
 import pytest
 
-from specdec_lib.bench.cli import main
+from specdec_lib.cli.bench import main
 from specdec_lib.bench.report import format_report
-from specdec_lib.training.prompts import DEFAULT_PROMPTS, load_prompts
+from specdec_lib.prompts import DEFAULT_PROMPTS, load_prompts
 from specdec_lib.viz.plots import plot_k_sweep, plot_speedup_heatmap
 from specdec_lib.bench.theory import expected_speedup
 
@@ -79,15 +79,16 @@ def test_heatmap_marks_points():
 
 
 def test_compare_cli_runs_all_four_methods(capsys):
-    from specdec_lib.bench.cli import compare
+    from specdec_lib.cli.bench import compare
 
     result = compare(["--pair", "tiny-gpt2", "--k", "2", "--max-new-tokens", "8", "--repeats", "1"])
     assert result.outputs_agree and len(result.methods) == 4
     assert "ours / HF assisted generation" in capsys.readouterr().out
 
 
+@pytest.mark.compile
 def test_compare_cli_adds_static_and_compiled_loops(tmp_path, capsys):
-    from specdec_lib.bench.cli import compare
+    from specdec_lib.cli.bench import compare
 
     out = tmp_path / "c.json"
     result = compare(["--pair", "tiny-gpt2", "--k", "2", "--max-new-tokens", "8", "--repeats", "1",
@@ -142,7 +143,7 @@ def test_cli_times_other_drafters_next_to_transformers(tmp_path, flags, hf_metho
 
 def test_heldout_prompt_set_is_the_held_out_prompts_beyond_the_varied_ones(tmp_path):
     from test_models import save_tiny_pair
-    from specdec_lib.training.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, training_prompts
+    from specdec_lib.prompts import DEFAULT_PROMPTS, HELDOUT_PROMPTS, training_prompts
 
     target_path, draft_path = save_tiny_pair("llama", tmp_path)  # a pair with a tokenizer, so the texts are kept
     report = main(["--target", str(target_path), "--draft", str(draft_path), "--prompt-set", "heldout", "--k", "1",
@@ -154,7 +155,7 @@ def test_heldout_prompt_set_is_the_held_out_prompts_beyond_the_varied_ones(tmp_p
 
 
 def test_grounded_prompt_set_is_used_and_never_trained_on():
-    from specdec_lib.training.prompts import GROUNDED_PROMPTS, HELDOUT_PROMPTS, training_prompts
+    from specdec_lib.prompts import GROUNDED_PROMPTS, HELDOUT_PROMPTS, training_prompts
 
     report = main(["--preset", "tiny-gpt2", "--prompt-set", "grounded", "--k", "1", "--max-new-tokens", "4",
                    "--num-prompts", "2", "--repeats", "1"])

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from specdec_lib.bench.cli import main as bench
-from specdec_lib.training.train_draft import main as training
+from specdec_lib.cli.bench import main as bench
+from specdec_lib.cli.training import main as training
 
 NO_DIR = "/nonexistent-folder/out.json"
 
@@ -43,7 +43,7 @@ BENCH = [
     ("--chat", ["--preset", "tiny-gpt2", "--chat"]),  # the random pairs have no tokenizer
     ("--cache", ["--cache", "paged"]),
     ("--compile", ["--compile"]),  # needs --cache static
-    ("--cache", ["--preset", "tiny-gpt2", "--tree", "2", "--cache", "static"]),  # trees keep a dynamic cache
+    ("--compile", ["--preset", "tiny-gpt2", "--tree", "2", "--cache", "static", "--compile"]),  # trees run eagerly
     ("--draft", ["--preset", "tiny-gpt2", "--draft", "int8"]),  # the random pairs bring their own draft
     ("--draft", ["--preset", "tiny-gpt2", "--draft", "eagle"]),
     ("--hf", ["--hf=yes"]),  # switches take no value

@@ -7,10 +7,11 @@ import torch
 
 from specdec_lib import autoregressive_generate, speculative_generate
 from specdec_lib.training.corpus import Sample
-from specdec_lib.training.draft_model import draft_from_target, load_draft, save_draft
+from specdec_lib.models.draft_model import draft_from_target, load_draft, save_draft
 from specdec_lib.loop.sampling_check import chi2_pvalue
 from specdec_lib.testing import exact_two_token_distribution, noisy_copy, tiny_model
-from specdec_lib.training.train_draft import HeldOut, TrainConfig, choose_vocab, greedy_agreement, make_batch, train, vocab_coverage
+from specdec_lib.training.evaluate import HeldOut, greedy_agreement
+from specdec_lib.training.train_draft import TrainConfig, choose_vocab, make_batch, train, vocab_coverage
 
 P_MIN = 1e-3
 
@@ -65,6 +66,7 @@ def test_greedy_output_equals_target_greedy(use_cache):
             assert torch.equal(out.sequences, expected)
 
 
+@pytest.mark.slow
 def test_sampling_stays_exact_with_a_restricted_draft():
     """q(x) = 0 for 6 of 16 ids: the residual must still give the target's mass on them."""
     target, draft, vocab_ids = restricted_pair(noise=0.2)

@@ -210,7 +210,9 @@ def test_heuristic_schedule_grows_after_full_acceptance_and_shrinks_after_a_miss
     assert len(set(s.proposed)) > 2
 
 
-@pytest.mark.parametrize("name", ["prompt lookup", "fixed-length prompt lookup", "threshold + heuristic", "cost-aware"])
+@pytest.mark.parametrize("name", [pytest.param("prompt lookup", marks=pytest.mark.slow),
+                                  pytest.param("fixed-length prompt lookup", marks=pytest.mark.slow),
+                                  pytest.param("threshold + heuristic", marks=pytest.mark.slow), "cost-aware"])
 def test_sampling_stays_exact(name):
     """At temperature 1 the first two tokens follow the target's exact joint distribution (chi-square)."""
     vocab = 8
@@ -252,10 +254,10 @@ class RecordingDrafter(ModelDrafter):
         super().start(target, input_ids, cache=cache)
         self.seen = []
 
-    def update(self, seq, n_accepted, verified):
-        length_before = seq.shape[1] - n_accepted - 1  # the step appended the accepted drafts and one token
+    def update(self, seq, record, verified):
+        length_before = seq.shape[1] - record.n_accepted - 1  # the step appended the accepted drafts and one token
         self.seen.append((length_before, verified.first_position, tuple(verified.hidden.shape), verified.logits.shape[0]))
-        super().update(seq, n_accepted, verified)
+        super().update(seq, record, verified)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from specdec_lib import speculative_generate
-from specdec_lib.drafters import EagleDrafter, EagleHead
-from specdec_lib.drafters.eagle import eagle_from_draft, load_eagle
+from specdec_lib.drafters import EagleDrafter
+from specdec_lib.models import EagleHead
+from specdec_lib.models.eagle_head import eagle_from_draft, load_eagle
 from specdec_lib.loop.generate import autoregressive_generate
 from specdec_lib.loop.sampling_check import chi2_pvalue
 from specdec_lib.testing import exact_two_token_distribution, tiny_model
-from specdec_lib.training.draft_model import draft_from_target, load_draft, save_draft
+from specdec_lib.models.draft_model import draft_from_target, load_draft, save_draft
 from specdec_lib.training.train_eagle import (
     EagleConfig,
     EagleData,
@@ -133,6 +134,7 @@ def test_drafter_holds_the_targets_features_and_drafts_as_a_full_pass_would(use_
         assert first.tolist() == [int(sub[0, -1].argmax())]
 
 
+@pytest.mark.slow
 def test_sampling_stays_exact():
     """At temperature 1 the first two tokens follow the target's exact joint distribution (chi-square)."""
     prompt = prompts()[4]

@@ -39,7 +39,7 @@ def test_baseline_matches_hf_generate(arch):
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 8])  # 5 and 7 run in the kernel grid below
 @pytest.mark.parametrize("level", AGREEMENT)
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("use_cache", [False, True], ids=["uncached", "cached"])
+@pytest.mark.parametrize("use_cache", [pytest.param(False, marks=pytest.mark.slow), True], ids=["uncached", "cached"])
 def test_speculative_equals_target_greedy(arch, level, k, use_cache):
     target, draft = cached_pair(arch, level)
     for p, ref in zip(prompts(), reference(arch, level)):
@@ -48,7 +48,7 @@ def test_speculative_equals_target_greedy(arch, level, k, use_cache):
         assert out.stats.new_tokens == NEW
 
 
-@pytest.mark.parametrize("k", range(1, 9))
+@pytest.mark.parametrize("k", [1, 2, 3, 4] + [pytest.param(k, marks=pytest.mark.slow) for k in range(5, 9)])
 @pytest.mark.parametrize("level", AGREEMENT)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_speculative_equals_target_greedy_with_cpu_kernels(arch, level, k):
@@ -60,7 +60,7 @@ def test_speculative_equals_target_greedy_with_cpu_kernels(arch, level, k):
 
 
 @pytest.mark.parametrize("cpu_kernels", [False, True], ids=["stock", "cpu_kernels"])
-@pytest.mark.parametrize("k", range(1, 7))
+@pytest.mark.parametrize("k", [1, 2, 3] + [pytest.param(k, marks=pytest.mark.slow) for k in range(4, 7)])
 @pytest.mark.parametrize("level", AGREEMENT)
 @pytest.mark.parametrize("arch", SLIDING_ARCHS)
 def test_sliding_window_targets_equal_hf_generate(arch, level, k, cpu_kernels):

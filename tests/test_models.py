@@ -72,7 +72,7 @@ def test_shipped_draft_fits_the_embedded_target():
     """The trained SmolLM2 draft is in the package, small, and loads onto a model of the target's shape."""
     from transformers import AutoConfig, LlamaForCausalLM
 
-    from specdec_lib.training.draft_model import SMOLLM2_DRAFT_DIR, WEIGHTS_FILE, load_draft
+    from specdec_lib.models.draft_model import SMOLLM2_DRAFT_DIR, WEIGHTS_FILE, load_draft
 
     assert (SMOLLM2_DRAFT_DIR / WEIGHTS_FILE).stat().st_size <= 25 * 2**20
     path = models.smollm2_gguf_path()
@@ -146,10 +146,10 @@ def test_shipped_eagle_head_loads_through_load_pair(monkeypatch, cpu_kernels):
 
     from specdec_lib import speculative_generate
     from specdec_lib.drafters import EagleDrafter
-    from specdec_lib.drafters.eagle import SMOLLM2_EAGLE_DIR
+    from specdec_lib.models.eagle_head import SMOLLM2_EAGLE_DIR
     from specdec_lib.loop.generate import autoregressive_generate
     from specdec_lib.models.cpu_kernels import uses_small_batch_linear
-    from specdec_lib.training.draft_model import WEIGHTS_FILE
+    from specdec_lib.models.draft_model import WEIGHTS_FILE
 
     assert (SMOLLM2_EAGLE_DIR / WEIGHTS_FILE).stat().st_size <= 25 * 2**20
     path = models.smollm2_gguf_path()
@@ -169,9 +169,9 @@ def test_shipped_eagle_head_loads_through_load_pair(monkeypatch, cpu_kernels):
 def test_a_draft_you_trained_loads_from_its_folder(tmp_path):
     """draft="FOLDER" (what `training train|eagle --out FOLDER` writes): a token draft or an EAGLE head, told apart."""
     from specdec_lib.drafters import EagleDrafter
-    from specdec_lib.drafters.eagle import eagle_from_draft
+    from specdec_lib.models.eagle_head import eagle_from_draft
     from specdec_lib.models.pairs import saved_draft
-    from specdec_lib.training.draft_model import save_draft
+    from specdec_lib.models.draft_model import save_draft
     from test_draft_model import restricted_pair
 
     target, draft, _ = restricted_pair()

@@ -9,7 +9,8 @@ import torch
 from specdec_lib import autoregressive_generate
 from specdec_lib.training.corpus import plan_prompts
 from specdec_lib.training.on_policy import draft_continuations, on_policy_corpus, relabel
-from specdec_lib.training.train_draft import HeldOut, TrainConfig, greedy_agreement, train
+from specdec_lib.training.evaluate import HeldOut, greedy_agreement
+from specdec_lib.training.train_draft import TrainConfig, train
 from test_draft_model import restricted_pair
 
 VOCAB = 16

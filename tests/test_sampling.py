@@ -96,7 +96,8 @@ class TestLogitsToProbs:
 
 
 @pytest.mark.parametrize(
-    "filters", [dict(temperature=1.0), dict(temperature=0.8, top_k=5), dict(temperature=1.2, top_p=0.85)],
+    "filters", [dict(temperature=1.0), pytest.param(dict(temperature=0.8, top_k=5), marks=pytest.mark.slow),
+                pytest.param(dict(temperature=1.2, top_p=0.85), marks=pytest.mark.slow)],
     ids=["t1", "topk", "topp"],
 )
 def test_loop_samples_follow_the_target(filters):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from specdec_lib.bench.cli import main as bench
-from specdec_lib.bench.runs import METHODS, benchmark
+from specdec_lib.cli.bench import main as bench
+from specdec_lib.bench.runs import SPEC_CACHED, TARGET_ONLY, benchmark
 from specdec_lib import speculative_generate
 from specdec_lib import greedy_verify
 from specdec_lib.bench.seed_pair import SEED_SHAPES, ImposedAcceptance, random_gpt2, read_alpha, seed_sized_pair
@@ -80,7 +80,7 @@ def test_loop_under_imposed_alpha_matches_the_formula():
     assert np.mean(full) + 1 == pytest.approx(expected_tokens_per_step(alpha, k), rel=0.12)
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["static", "static+compiled"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.compile)], ids=["static", "static+compiled"])
 def test_imposed_alpha_on_a_static_cache(compiled):
     """Chapter 10 on the seed pair: the wrapper shares its model's static cache and imposes its verdict after the
     compiled call, so each seed draws the same accept/reject pattern as on the dynamic cache."""
@@ -104,7 +104,7 @@ def test_benchmark_imposes_one_pattern_per_prompt():
     def accepted() -> list[list[int]]:
         r = benchmark(target, draft, same, k=3, max_new_tokens=40, repeats=1, include_hf=False,
                       include_uncached=False, impose_alpha=0.5, progress=False)
-        return [s.accepted for s in r.methods[METHODS[2]].stats]
+        return [s.accepted for s in r.methods[SPEC_CACHED].stats]
 
     first = accepted()
     assert first[0] != first[1]
@@ -155,6 +155,7 @@ def test_bench_cli_rejects_bad_alpha_use(args, capsys):
     assert "alpha" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gpu_results_script_dry_run(tmp_path):
     """scripts/gpu_results.sh, small and on the CPU: both pairs run (dynamic and static), the seed pair takes the first's alpha."""
     root = Path(__file__).resolve().parent.parent

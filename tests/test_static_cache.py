@@ -44,10 +44,12 @@ def test_bad_cache_settings_are_refused(kwargs, message):
         autoregressive_generate(target, prompts()[3], max_new_tokens=4, **call)
 
 
-def test_static_cache_refuses_token_trees():
+def test_compiled_loop_refuses_token_trees():
+    """Trees run on the static cache (tests/test_tree.py), but eagerly: their masks change shape every step."""
     target, draft = cached_pair("llama", "perfect")
-    with pytest.raises(NotImplementedError, match="dynamic cache"):
-        speculative_generate(target, draft, prompts()[3], max_new_tokens=4, tree=(2, 1), **STATIC)
+    with pytest.raises(NotImplementedError, match="eagerly"):
+        speculative_generate(target, draft, prompts()[3], max_new_tokens=4, tree=(2, 1), cache_implementation="static",
+                             compile=True)
 
 
 @pytest.mark.parametrize("arch", ARCHS + SLIDING_ARCHS)
@@ -111,6 +113,7 @@ def test_static_caches_are_reused_per_role_and_grow_when_needed():
     assert static_cache(target, 200) is bigger
 
 
+@pytest.mark.slow
 def test_static_sampling_follows_the_target():
     """Chi-square on the first two sampled tokens, the static cache rolled back after every rejection."""
     vocab = 8
@@ -134,6 +137,7 @@ def _graphs() -> int:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.compile
 def test_compiled_static_loop_equals_target_greedy_and_never_recompiles(arch):
     """K 1, 3, 6 on prompts of several lengths; a second pass over them builds no new graph."""
     target, draft = cached_pair(arch, "medium")
@@ -149,6 +153,7 @@ def test_compiled_static_loop_equals_target_greedy_and_never_recompiles(arch):
             assert _graphs() == before, "a shape changed between runs and forced a recompile"
 
 
+@pytest.mark.compile
 def test_compiled_sampling_draws_what_the_eager_loops_draw():
     """Same seed, same draws: the dynamic, static and static+compiled loops sample the same tokens."""
     target, draft = cached_pair("llama", "medium")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from specdec_lib.bench.runs import METHODS, benchmark, hf_assisted_generate
+from specdec_lib.bench.runs import METHODS, SPEC_CACHED, TARGET_ONLY, benchmark, hf_assisted_generate
 from specdec_lib.bench.theory import estimate_alpha, expected_speedup, expected_tokens_per_step, optimal_k
 from specdec_lib.bench.timing import verify_cost_ratios
 from conftest import cached_pair, prompts
@@ -56,8 +56,8 @@ def test_benchmark_runs_every_method_and_they_agree():
     result = benchmark(target, draft, prompts()[3:5], k=3, max_new_tokens=12, repeats=1)
     assert list(result.methods) == list(METHODS)
     assert result.outputs_agree
-    assert result.methods[METHODS[0]].target_calls == result.methods[METHODS[0]].new_tokens == 24
-    assert result.methods[METHODS[2]].target_calls < 24
+    assert result.methods[TARGET_ONLY].target_calls == result.methods[TARGET_ONLY].new_tokens == 24
+    assert result.methods[SPEC_CACHED].target_calls < 24
     assert 0 <= result.alpha <= 1 and result.c > 0
     assert "measured/predicted" in result.summary() and "tokens/s" in result.table()
 

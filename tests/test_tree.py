@@ -18,7 +18,7 @@ from specdec_lib.loop.tree import (
 )
 
 NEW = 24
-TREES = [(2, 2, 1, 1), (3,), (1, 3, 2), (4, 2, 1, 1, 1, 1)]
+TREES = [(2, 2, 1, 1), (3,), (1, 3, 2), pytest.param((4, 2, 1, 1, 1, 1), marks=pytest.mark.slow)]
 
 # A hand-made tree:       root
 #                        /     \
@@ -213,6 +213,51 @@ def test_tree_equals_target_greedy(arch, level, tree):
         assert s.new_tokens == NEW == sum(len(st.new_tokens) for st in s.steps)
         assert [t for st in s.steps for t in st.new_tokens] == out.sequences[0, p.shape[1]:].tolist()
         assert all(0 <= a <= d <= len(tree) for d, a in zip(s.proposed, s.accepted))
+
+
+@pytest.mark.parametrize("tree", [(2, 2, 1, 1), pytest.param((3,), marks=pytest.mark.slow)], ids=str)
+@pytest.mark.parametrize("level", AGREEMENT)
+@pytest.mark.parametrize("arch", ARCHS + SLIDING_ARCHS)
+def test_tree_on_static_cache_equals_target_greedy(arch, level, tree):
+    """The static cache (chapter 10) rolls a tree back by position and gathers its path in place: still exact."""
+    target, draft = cached_pair(arch, level)
+    for p, ref in zip(prompts()[::2], greedy_reference(arch, level)):
+        out = speculative_generate(target, draft, p, max_new_tokens=NEW, tree=tree, cache_implementation="static")
+        assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
+        dynamic = speculative_generate(target, draft, p, max_new_tokens=NEW, tree=tree)
+        assert [st.path for st in out.stats.steps] == [st.path for st in dynamic.stats.steps]
+
+
+@pytest.mark.parametrize("arch", ARCHS + SLIDING_ARCHS)
+def test_static_and_dynamic_caches_keep_the_same_path(arch):
+    """ModelRunner.keep on both kinds: after a tree call and the gather, the cached path equals feeding it in order."""
+    from specdec_lib import CacheSpec
+
+    target, draft = cached_pair(arch, "medium")
+    seq = prompts()[9]
+    nodes = ModelDrafter(draft)
+    nodes.start(target, seq)
+    tree = TokenTree.from_branching((2, 2, 1))
+    tokens = nodes.propose_tree(seq, tree).tokens
+    path = tree.path_to(tree.size - 1)  # the deepest last node: off the first branch, so the gather moves entries
+    caches = []
+    for spec in (CacheSpec(), CacheSpec(implementation="static", max_length=64)):
+        runner = ModelRunner(target, spec=spec)
+        runner.logits(seq[:, :-1])
+        tree_forward(runner, seq, tokens, tree, keep=1)
+        runner.keep(tree.size, path)
+        assert runner.cached_length == seq.shape[1] + len(path)
+        caches.append([(layer.keys[:, :, : runner.cached_length], layer.values[:, :, : runner.cached_length])
+                       for layer in runner.cache.layers])
+    reference = ModelRunner(target, spec=CacheSpec(implementation="static", max_length=64), role="reference")
+    reference.logits(torch.cat([seq, tokens[path].view(1, -1)], dim=1))
+    expected = [(layer.keys[:, :, : reference.cached_length], layer.values[:, :, : reference.cached_length])
+                for layer in reference.cache.layers]
+    for layers in caches:
+        for (keys, values), (k_ref, v_ref) in zip(layers, expected):
+            if keys.shape == k_ref.shape:  # a dynamic sliding-window layer holds its window only: compared by the exactness tests
+                torch.testing.assert_close(keys, k_ref, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(values, v_ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("level", AGREEMENT)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import cached_pair
+from conftest import cached_pair, prompts
 from specdec_lib import autoregressive_generate, logits_to_probs, rejection_verify, speculative_generate
 from specdec_lib.testing import tiny_model
 
@@ -98,3 +98,22 @@ def test_rejection_verify_checks_probability_rows():
         rejection_verify(torch.tensor([1]), good[:1], good * 2)
     with pytest.raises(ValueError, match="k\\+1"):
         rejection_verify(torch.tensor([1, 2]), good, good)
+
+
+def test_sampler_and_cache_objects_replace_the_keywords():
+    """speculative_generate and autoregressive_generate take a Sampler and a CacheSpec instead of loose keywords."""
+    from specdec_lib import CacheSpec, Sampler
+
+    target, draft = cached_pair("llama", "medium")
+    p = prompts()[5]
+    loose = dict(temperature=1.0, top_p=0.9, cache_implementation="static")
+    objects = dict(cache=CacheSpec(implementation="static"))
+    for run in (lambda **kw: speculative_generate(target, draft, p, max_new_tokens=12, k=3, **kw).sequences,
+                lambda **kw: autoregressive_generate(target, p, max_new_tokens=12, **kw)):
+        a = run(generator=torch.Generator().manual_seed(1), **loose)
+        b = run(sampler=Sampler(1.0, top_p=0.9, generator=torch.Generator().manual_seed(1)), **objects)
+        assert torch.equal(a, b)
+        with pytest.raises(ValueError, match="either sampler= or temperature, not both"):
+            run(sampler=Sampler(), temperature=1.0)
+        with pytest.raises(ValueError, match="either cache= or cache_implementation, not both"):
+            run(cache=CacheSpec(), cache_implementation="static")

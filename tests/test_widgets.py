@@ -181,3 +181,65 @@ def test_lookup_view_marks_where_the_draft_comes_from():
     assert "position 0" in html
     none = lookup_view_html(TOK, [1, 2, 3], k=3)
     assert states(none, "proposal") == 0 and "nothing to propose" in none
+
+
+def spans(html: str) -> list[tuple[str, str]]:
+    """Every token span of a view, in order, as (state, shown text without its marker)."""
+    import re
+
+    found = re.findall(r'data-state="([a-z]+)">(.*?)</span>', html)
+    return [(state, text.lstrip("✗↻★")) for state, text in found]
+
+
+def shown(token: int) -> str:
+    """A token as the view writes it: decoded alone, whitespace made visible, HTML-escaped."""
+    import html
+
+    from specdec_lib.viz.widgets import visible
+
+    return html.escape(visible(TOK.decode([token])))
+
+
+@pytest.fixture(scope="module")
+def tree_run():
+    target, draft = cached_pair("llama", "medium")
+    return speculative_generate(target, draft, PROMPT, max_new_tokens=30, tree=(3, 2, 1))
+
+
+def test_tree_step_viewer_shows_the_accepted_path_token_by_token(tree_run):
+    """A tree step's accepted tokens are its path's nodes, not its first nodes; every other node is shown as rejected."""
+    steps = tree_run.stats.steps
+    off_path = [i for i, s in enumerate(steps) if s.accepted_tokens != s.draft_tokens[: s.n_accepted]]
+    assert off_path, "no step accepted a node off the first branch: the test would not tell the two apart"
+    for i in off_path[:3] + [0, len(steps) - 1]:
+        step = steps[i]
+        view = spans(step_view_html(TOK, PROMPT[0].tolist(), steps, i).split("<table")[0].split('<div class="sd-view">')[2])
+        current = view[len(view) - len(step.accepted_tokens) - (len(step.draft_tokens) - step.n_accepted) - 1:]
+        expected = ([("accepted", shown(t)) for t in step.accepted_tokens]
+                    + [("rejected", shown(t)) for j, t in enumerate(step.draft_tokens) if j not in step.path]
+                    + [("bonus" if step.bonus else "correction", shown(step.next_token))])
+        assert current == expected, f"step {i + 1}"
+    last = run_view_html(tree_run, TOK, PROMPT.shape[1], len(steps) - 1).split("<table")[0]
+    text = [t for s, t in spans(last.split('<div class="sd-view">')[2]) if s != "rejected"]
+    assert text == [shown(t) for t in tree_run.sequences[0].tolist()]  # the view's text is the run's output
+
+
+def test_tree_step_table_marks_path_nodes(tree_run):
+    step = next(s for s in tree_run.stats.steps if s.accepted_tokens != s.draft_tokens[: s.n_accepted])
+    table = step_table_html(TOK, step)
+    assert table.count("accepted (on the path)") == len(step.path) and "parent" in table
+    assert table.count("<tr>") == len(step.draft_tokens) + 2  # header, one row per node, the next token
+    assert "tree" in step_view_html(TOK, [8], [step], 0)
+
+
+def test_live_stepper_steps_are_the_loops_steps_when_sampling():
+    """The stepper drives speculative_step with one runner and drafter: the same draws as one speculative_generate run."""
+    target, draft = cached_pair("gpt2", "medium")
+    live = LiveStepper(target, draft, TOK, prompt="hello", k=3, temperature=1.0, seed=5)
+    for _ in range(4):
+        live.step_button.click()
+    gen = torch.Generator().manual_seed(5)
+    new = len(live.state.tokens) - 5
+    ref = speculative_generate(target, draft, torch.tensor([live.state.prompt]), max_new_tokens=new + 10, k=3,
+                               temperature=1.0, generator=gen)
+    assert [s.new_tokens for s in ref.stats.steps[:4]] == [s.new_tokens for s in live.state.steps]

@@ -1,5 +1,5 @@
-"""`python -m specdec_lib.bench`: see specdec_lib/bench/cli.py."""
+"""`python -m specdec_lib.bench`: the benchmark's command line (specdec_lib.cli.bench)."""
 
-from .cli import main
+from ..cli.bench import main
 
 main()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -11,17 +10,22 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm, trange
 from torch import nn
-from transformers import GenerationConfig, PreTrainedModel
-from transformers.utils import logging as hf_logging
+from transformers import PreTrainedModel
 
-from ..drafters import Drafter, ModelDrafter, PromptLookupDrafter
+from ..drafters import HF_ASSISTED, HF_PROMPT_LOOKUP, hf_assisted_generate, hf_prompt_lookup_generate
+from ..loop.drafter import Counterpart, Drafter, as_drafter
 from ..loop.generate import SpecStats, autoregressive_generate, pool_steps, speculative_generate
+from ..loop.kv_cache import CacheSpec
+from ..loop.sampling import Sampler
 from .seed_pair import ImposedAcceptance
 from .theory import estimate_alpha, expected_speedup, expected_tokens_per_step
 from .timing import measure_cost_ratio, stopwatch
 
-METHODS = ("target only (cached)", "speculative, uncached", "speculative, cached", "HF assisted generation")
-HF_PROMPT_LOOKUP = "HF prompt lookup"  # the fourth method when the draft is prompt lookup
+TARGET_ONLY = "target only (cached)"  # the baseline every ratio is taken against
+SPEC_UNCACHED = "speculative, uncached"
+SPEC_CACHED = "speculative, cached"  # our loop as the tutorial runs it
+METHODS = (TARGET_ONLY, SPEC_UNCACHED, SPEC_CACHED, HF_ASSISTED)  # the fourth is the draft's transformers counterpart
+HF_METHODS = (HF_ASSISTED, HF_PROMPT_LOOKUP)  # the names transformers' counterparts are timed under
 
 
 @dataclass
@@ -54,7 +58,7 @@ class BenchResult:
     tree: tuple[int, ...] | None = None  # branching factors when the loop drafted token trees (k is then its depth)
     extra_loops: tuple[tuple[str, bool], ...] = ()  # further settings, each a target-only and a speculative method
 
-    def ratio(self, name: str, baseline: str = METHODS[0]) -> float:
+    def ratio(self, name: str, baseline: str = TARGET_ONLY) -> float:
         """Tokens/s of method `name` over tokens/s of `baseline`."""
         return self.methods[name].tokens_per_s / self.methods[baseline].tokens_per_s
 
@@ -68,7 +72,7 @@ class BenchResult:
         """Whether every method produced the same tokens for every prompt."""
         return all(self.matches_target(name) for name in self.methods)
 
-    def matches_target(self, name: str = METHODS[2]) -> bool:
+    def matches_target(self, name: str = SPEC_CACHED) -> bool:
         """Whether method `name` produced the target-only run's tokens for every prompt.
 
         Our loops share the target-only run's model calls and kernels, so for them this is the exactness
@@ -76,7 +80,7 @@ class BenchResult:
         prompt rows, another matrix product that rounds differently: at a near-tie its greedy token can
         differ from the target-only run's, without either being wrong.
         """
-        ref, outputs = self.methods[METHODS[0]].outputs, self.methods[name].outputs
+        ref, outputs = self.methods[TARGET_ONLY].outputs, self.methods[name].outputs
         return len(outputs) == len(ref) and all(torch.equal(a, b) for a, b in zip(outputs, ref))
 
     def table(self) -> str:
@@ -91,12 +95,12 @@ class BenchResult:
 
     def summary(self) -> str:
         """The ratios the tutorial reports, one per line."""
-        spec, uncached = METHODS[2], METHODS[1]
+        spec, uncached = SPEC_CACHED, SPEC_UNCACHED
         measured = self.ratio(spec)
         lines = [f"{'speculative (cached) vs target only:':<37}{measured:.2f}x"]
         if uncached in self.methods:
             lines.insert(0, f"{'cached / uncached speculative loop:':<37}{self.ratio(spec, uncached):.2f}x")
-        hfs = [hf for hf in (METHODS[3], HF_PROMPT_LOOKUP) if hf in self.methods]
+        hfs = [hf for hf in HF_METHODS if hf in self.methods]
         for hf in hfs:
             lines.append(f"{f'ours / {hf}:':<37}{self.ratio(spec, hf):.2f}x")
         for loop in self.extra_loops:  # chapter 10: each setting against its own target-only run, and HF's
@@ -115,57 +119,16 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def hf_assisted_generate(
-    target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int,
-    confidence_threshold: float | None = None, schedule: str = "constant", eos_token_id: int | None = None,
-) -> torch.Tensor:
-    """transformers' assisted generation, greedy, with our k, confidence threshold (None: off) and schedule."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id, pad_token_id=0)
-    # transformers reads the drafting schedule from the *assistant's* generation config.
-    saved = copy.deepcopy(draft.generation_config)
-    draft.generation_config.num_assistant_tokens = k
-    draft.generation_config.num_assistant_tokens_schedule = schedule
-    draft.generation_config.assistant_confidence_threshold = confidence_threshold or 0.0
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its internal draft generate() warns about its own arguments
-    try:
-        ids = input_ids.to(target.device)
-        return target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=draft, generation_config=config)
-    finally:
-        draft.generation_config = saved
-        hf_logging.set_verbosity(verbosity)
-
-
-def hf_prompt_lookup_generate(
-    target: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int, max_ngram_size: int = 3,
-    eos_token_id: int | None = None,
-) -> torch.Tensor:
-    """transformers' prompt lookup decoding, greedy, proposing up to k tokens from n-grams of up to max_ngram_size."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id, pad_token_id=0,
-                              prompt_lookup_num_tokens=k, max_matching_ngram_size=max_ngram_size)
-    ids = input_ids.to(target.device)
-    return target.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-
-
 def hf_counterpart(
     draft: PreTrainedModel | Drafter, *, k: int, max_new_tokens: int, eos_token_id: int | None = None
-) -> tuple[str, Callable] | None:
+) -> Counterpart | None:
     """transformers' own version of what `draft` does, as (method name, fn(target, ids) -> sequences), or None."""
-    limits = dict(max_new_tokens=max_new_tokens, k=k, eos_token_id=eos_token_id)
-    if isinstance(draft, PromptLookupDrafter):
-        return HF_PROMPT_LOOKUP, lambda target, ids: hf_prompt_lookup_generate(
-            target, ids, max_ngram_size=draft.max_ngram_size, **limits)
-    if isinstance(draft, ModelDrafter):
-        return METHODS[3], lambda target, ids: hf_assisted_generate(
-            target, draft.model, ids, confidence_threshold=draft.confidence_threshold, schedule=draft.schedule, **limits)
-    if isinstance(draft, nn.Module):
-        return METHODS[3], lambda target, ids: hf_assisted_generate(target, draft, ids, **limits)
-    return None
+    return as_drafter(draft).transformers_counterpart(k=k, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
 
 
-def draft_model(draft: PreTrainedModel | Drafter) -> PreTrainedModel | None:
-    """The model a draft runs, if any: itself, a ModelDrafter's model, or None (prompt lookup)."""
-    return draft if isinstance(draft, nn.Module) else getattr(draft, "model", None)
+def draft_model(draft: PreTrainedModel | Drafter) -> nn.Module | None:
+    """The model a draft runs, if any: itself, a drafter's model, or None (prompt lookup)."""
+    return draft if isinstance(draft, nn.Module) else draft.model
 
 
 def _timed(run: Callable[[int], tuple], n_prompts: int, device: torch.device) -> tuple[float, list, list]:
@@ -215,13 +178,14 @@ def benchmark(
         raise ValueError("an imposed acceptance rate is defined for chains of drafts, not token trees")
     device = target.device
     prompts = [p.to(device).view(1, -1) for p in prompts]
-    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, eos_token_id=eos_token_id)
+    limits = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
     if tree is not None:
         tree = tuple(tree)
         k = len(tree)
 
-    def seeded() -> dict:
-        return dict(sampling, generator=torch.Generator(device=device).manual_seed(seed))
+    def sampler() -> Sampler:
+        """A fresh sampler per run, its generator seeded alike, so every method and repeat draws the same."""
+        return Sampler(temperature, generator=torch.Generator(device=device).manual_seed(seed))
 
     def spec_target(i: int) -> PreTrainedModel | ImposedAcceptance:
         if impose_alpha is None:
@@ -230,20 +194,24 @@ def benchmark(
         # repeat and method, so that repeats do the same work.
         return ImposedAcceptance(target, impose_alpha, torch.Generator(device=device).manual_seed(seed + i))
 
+    def base_run(cache: CacheSpec) -> Callable[[int], tuple]:
+        """Target-only decoding of prompt i with this cache: (sequences, None)."""
+        return lambda i: (autoregressive_generate(target, prompts[i], sampler=sampler(), cache=cache, **limits), None)
+
+    def spec_run(cache: CacheSpec) -> Callable[[int], tuple]:
+        """Our loop on prompt i with this cache: (sequences, stats)."""
+        return lambda i: _spec(spec_target(i), draft, prompts[i], k, tree=tree, sampler=sampler(), cache=cache, **limits)
+
     # Each run decodes prompt i and returns (sequences, stats or None).
-    main = dict(cache_implementation=cache_implementation, compile=compile)
-    runs: dict[str, Callable[[int], tuple]] = {
-        METHODS[0]: lambda i: (autoregressive_generate(target, prompts[i], **main, **seeded()), None)}
-    for name, use_cache in ((METHODS[1], False), (METHODS[2], True)):
-        if use_cache or include_uncached:
-            loop = main if use_cache else {}
-            runs[name] = lambda i, use_cache=use_cache, loop=loop: _spec(
-                spec_target(i), draft, prompts[i], k, use_cache, tree=tree, **loop, **seeded())
+    main = CacheSpec(implementation=cache_implementation, compile=compile)
+    runs: dict[str, Callable[[int], tuple]] = {TARGET_ONLY: base_run(main)}
+    if include_uncached:
+        runs[SPEC_UNCACHED] = spec_run(CacheSpec(use_cache=False))
+    runs[SPEC_CACHED] = spec_run(main)
     for implementation, compiled in extra_loops:
-        loop = dict(cache_implementation=implementation, compile=compiled)
         base_name, spec_name = loop_methods(implementation, compiled)
-        runs[base_name] = lambda i, loop=loop: (autoregressive_generate(target, prompts[i], **loop, **seeded()), None)
-        runs[spec_name] = lambda i, loop=loop: _spec(spec_target(i), draft, prompts[i], k, True, tree=tree, **loop, **seeded())
+        loop = CacheSpec(implementation=implementation, compile=compiled)
+        runs[base_name], runs[spec_name] = base_run(loop), spec_run(loop)
     hf = hf_counterpart(draft, k=k, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
     if include_hf and hf is not None and temperature == 0 and impose_alpha is None and tree is None:
         runs[hf[0]] = lambda i: (hf[1](target, prompts[i]), None)
@@ -268,7 +236,7 @@ def benchmark(
         elif name.startswith("target only"):
             result.target_calls = new_tokens
         methods[name] = result
-    spec = methods[METHODS[2]]
+    spec = methods[SPEC_CACHED]
     alpha = estimate_alpha(*pool_steps(spec.stats))
     # c at the cache lengths of the real run: from the first prompt's start to its end. A drafter
     # without a model (prompt lookup) costs a lookup, not a forward pass: c = 0.
@@ -295,12 +263,10 @@ def _spread(start: int, end: int, n: int = 3) -> list[int]:
     return sorted({start + (end - 1 - start) * i // max(n - 1, 1) for i in range(n)})
 
 
-def _spec(
-    target: PreTrainedModel | ImposedAcceptance, draft: PreTrainedModel, prompt: torch.Tensor, k: int, use_cache: bool,
-    **kwargs,
-) -> tuple[torch.Tensor, SpecStats]:
+def _spec(target: PreTrainedModel | ImposedAcceptance, draft: PreTrainedModel | Drafter, prompt: torch.Tensor, k: int,
+          **kwargs) -> tuple[torch.Tensor, SpecStats]:
     """One speculative run, as (sequences, stats)."""
-    out = speculative_generate(target, draft, prompt, k=k, use_cache=use_cache, **kwargs)
+    out = speculative_generate(target, draft, prompt, k=k, **kwargs)
     return out.sequences, out.stats
 
 
@@ -336,8 +302,8 @@ def sweep_k(
                       include_hf=include_hf, include_uncached=False, temperature=temperature,
                       impose_alpha=impose_alpha, tree=tree, cache_implementation=cache_implementation,
                       compile=compile, eos_token_id=eos_token_id, progress=progress)
-        spec, base = r.methods[METHODS[2]], r.methods[METHODS[0]]
-        hf = next((m for m in (METHODS[3], HF_PROMPT_LOOKUP) if m in r.methods), None)
+        spec, base = r.methods[SPEC_CACHED], r.methods[TARGET_ONLY]
+        hf = next((m for m in HF_METHODS if m in r.methods), None)
         extra = {} if hf is None else {
             "hf_method": hf, "hf_tokens_per_s": r.methods[hf].tokens_per_s, "hf_speedup": r.ratio(hf),
             "hf_outputs_match_target": r.matches_target(hf)}
@@ -346,7 +312,7 @@ def sweep_k(
             "tree": None if tree is None else list(tree),
             "tokens_per_s": spec.tokens_per_s,
             "target_only_tokens_per_s": base.tokens_per_s,
-            "speedup": r.ratio(METHODS[2]),
+            "speedup": r.ratio(SPEC_CACHED),
             "alpha": r.alpha,
             "c": r.c,
             "acceptance_rate": spec.acceptance,

@@ -11,74 +11,32 @@ draft's guesses, and they come free: the verification call computed them anyway.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
-from ..loop.kv_cache import CacheSpec, croppable_cache, crop_cache, max_positions
+from ..loop.drafter import DrafterBase, Proposal, Verified
+from ..loop.kv_cache import CacheSpec, DynamicKV, croppable_cache, max_positions
 from ..loop.sampling import Sampler
-from ..training.draft_model import ASSETS, RestrictedVocabLlama, load_draft
-from .base import Proposal, Verified
+from ..loop.step import StepRecord
 from .model import check_same_vocab
 
-SMOLLM2_EAGLE_DIR = ASSETS / "smollm2_eagle"
+
+class FeatureHead(Protocol):
+    """What the drafter needs of an EAGLE head (`specdec_lib.models.eagle_head.EagleHead` is the course's)."""
+
+    config: object
+
+    def features_forward(self, features: torch.Tensor, tokens: torch.Tensor, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (B, n, d) at positions j and tokens (B, n) at j + 1 -> (predicted features at j + 1, its logits)."""
+
+    def full_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The head's logits over the target's whole vocabulary."""
 
 
-class EagleHead(RestrictedVocabLlama):
-    """A restricted-vocabulary Llama whose input is fc([token embedding ; target feature]).
-
-    `fc` starts as [I | 0], so an untrained head is exactly the token-only draft it was built from
-    and the features can only add what training shows they are worth.
-    """
-
-    def __init__(self, config: LlamaConfig):
-        super().__init__(config)
-        d = config.hidden_size
-        self.fc = nn.Linear(2 * d, d, bias=False)
-
-    def reset_fc(self) -> None:
-        """fc = [I | 0]: pass the token embedding through, ignore the feature."""
-        d = self.config.hidden_size
-        with torch.no_grad():
-            self.fc.weight.zero_()
-            self.fc.weight[:, :d].copy_(torch.eye(d, dtype=self.fc.weight.dtype))
-
-    def forward(self, input_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None, **kwargs):
-        """Token-only use (no features: zeros in their place), so timing and generic tools can call it like any causal LM."""
-        if inputs_embeds is None and input_ids is not None:
-            emb = self.model.embed_tokens(input_ids)
-            inputs_embeds = self.fc(torch.cat([emb, torch.zeros_like(emb)], dim=-1))
-        return super().forward(inputs_embeds=inputs_embeds, **kwargs)
-
-    def features_forward(
-        self, features: torch.Tensor, tokens: torch.Tensor, cache=None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (B, n, d) at positions j and tokens (B, n) at j + 1 -> (predicted features at j + 1, sub-vocabulary logits)."""
-        x = self.fc(torch.cat([self.model.embed_tokens(tokens), features.to(self.dtype)], dim=-1))
-        out = self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None)
-        predicted = out.last_hidden_state  # after the final norm, like the target's feature
-        return predicted, self.sub_logits(predicted)
-
-
-def eagle_from_draft(draft: RestrictedVocabLlama) -> EagleHead:
-    """An EAGLE head that starts as `draft` (its layers, norm and restricted head), with fc = [I | 0]."""
-    config = draft.config.__class__.from_dict(draft.config.to_dict())
-    config.architectures = [EagleHead.__name__]
-    head = EagleHead(config).to(device=draft.device, dtype=draft.dtype)
-    missing, unexpected = head.load_state_dict(draft.state_dict(), strict=False)
-    assert set(missing) == {"fc.weight"} and not unexpected, (missing, unexpected)
-    head.reset_fc()
-    return head.eval()
-
-
-def load_eagle(target: PreTrainedModel, folder: str | Path = SMOLLM2_EAGLE_DIR) -> EagleHead:
-    """Load a saved EAGLE head onto the target's device and dtype (input embeddings come from the target)."""
-    return load_draft(target, folder, cls=EagleHead)
-
-
-class EagleDrafter:
+class EagleDrafter(DrafterBase):
     """Drafts with an EAGLE head: autoregressive in feature space, re-anchored on the target's true features every step.
 
     The head keeps its own dynamic KV cache, whatever cache the target uses. On the first step it has
@@ -87,12 +45,13 @@ class EagleDrafter:
 
     needs_hidden_states = True
 
-    def __init__(self, head: EagleHead):
-        if not isinstance(head, EagleHead):
-            raise TypeError(f"EagleDrafter needs an EagleHead, got {type(head).__name__}")
-        self.model = head  # named like ModelDrafter.model, so load_pair's CPU kernels reach it
+    def __init__(self, head: FeatureHead):
+        if not (isinstance(head, nn.Module) and hasattr(head, "features_forward") and hasattr(head, "full_logits")):
+            raise TypeError(f"EagleDrafter needs an EAGLE head such as models.eagle_head.EagleHead "
+                            f"(an nn.Module with features_forward and full_logits), got {type(head).__name__}")
+        self.model = head  # the protocol's `model`: load_pair's CPU kernels reach it, the bench times it
         self.calls = 0
-        self.cache = None
+        self.kv: DynamicKV | None = None
         self.features: torch.Tensor | None = None  # (n, d): the target's features of positions 0..n-1
         self.trusted = 0  # head cache entries built from true features only
 
@@ -102,14 +61,14 @@ class EagleDrafter:
         if target.config.hidden_size != self.model.config.hidden_size:
             raise ValueError(f"the EAGLE head reads {self.model.config.hidden_size}-wide features; "
                              f"the target's are {target.config.hidden_size} wide")
-        self.cache = croppable_cache(self.model)
+        self.kv = DynamicKV(croppable_cache(self.model))
         self.features = torch.empty(0, self.model.config.hidden_size, device=self.model.device, dtype=self.model.dtype)
         self.calls, self.trusted = 0, 0
 
     @torch.inference_mode()
     def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
         """Up to k tokens after seq (1, L): first feed the accepted tokens' true features, then its own predictions."""
-        length, done = seq.shape[1], self.cache.get_seq_length()
+        length, done = seq.shape[1], self.kv.length
         limit = max_positions(self.model)
         if limit is not None:
             k = max(0, min(k, limit - length + 1))
@@ -121,7 +80,7 @@ class EagleDrafter:
         self.trusted = length - 1
         tokens, probs = [], []
         for _ in range(k):
-            predicted, sub = self.model.features_forward(features, tokens_in, self.cache)
+            predicted, sub = self.model.features_forward(features, tokens_in, self.kv.cache)
             self.calls += 1
             token, q = sampler.choose(self.model.full_logits(sub[0, -1]))
             tokens.append(token.view(1))
@@ -130,11 +89,11 @@ class EagleDrafter:
         drafted = torch.cat(tokens).to(seq.device)
         return Proposal(drafted, None if sampler.greedy else torch.stack(probs).to(seq.device))
 
-    def update(self, seq: torch.Tensor, n_accepted: int, verified: Verified) -> None:
+    def update(self, seq: torch.Tensor, record: StepRecord, verified: Verified) -> None:
         """Keep the target's features of every position now in seq but the newest; drop cache entries built on guesses."""
         if verified.hidden is None:
             raise ValueError("EagleDrafter needs the target's hidden states; the loop passes them when needs_hidden_states is True")
         hidden = verified.hidden.to(self.features.device, self.features.dtype)
         # Features of rejected drafts are cut off; the newest token has no feature until it is fed.
         self.features = torch.cat([self.features[: verified.first_position], hidden])[: seq.shape[1] - 1]
-        crop_cache(self.cache, min(self.trusted, self.cache.get_seq_length()))
+        self.kv.rollback(min(self.trusted, self.kv.length))

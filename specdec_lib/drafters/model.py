@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
+from ..loop.drafter import Counterpart, DrafterBase, Proposal, Verified, register_adapter
 from ..loop.kv_cache import CacheSpec, ModelRunner, max_positions
 from ..loop.sampling import Sampler
+from ..loop.step import StepRecord
 from ..loop.tree import TokenTree, tree_forward
-from .base import Proposal, Verified
+
+HF_ASSISTED = "HF assisted generation"  # the benchmark's name for transformers' counterpart of a draft model
 
 
 def check_same_vocab(
@@ -76,7 +81,7 @@ class StepCosts:
         return (expected + chance) / more >= expected / now
 
 
-class ModelDrafter:
+class ModelDrafter(DrafterBase):
     """Drafts with a small model: up to k cached forward passes per step, rolled back to the accepted tokens after it.
 
     Ways to draft fewer than k tokens when that pays (transformers' assisted generation has the first two):
@@ -180,10 +185,41 @@ class ModelDrafter:
                 logits = tree_forward(self.runner, seq, nodes, TokenTree(tree.parents[: level.stop]), keep=len(level))[0]
                 self.runner.rollback(seq.shape[1])  # keep the committed text cached; nodes are re-fed next depth
                 above = level
-        return Proposal(nodes)
+        return Proposal(nodes, tree=tree)
 
-    def update(self, seq: torch.Tensor, n_accepted: int, verified: Verified) -> None:
+    def update(self, seq: torch.Tensor, record: StepRecord, verified: Verified) -> None:
         """Keep only cache entries of tokens still in seq (its newest token is not fed yet); adapt the schedule."""
         self.runner.rollback(seq.shape[1] - 1)
         if self.schedule == "heuristic" and self.proposed:
-            self.length = self.length + 2 if n_accepted == self.proposed else max(1, self.length - 1)
+            self.length = self.length + 2 if record.n_accepted == self.proposed else max(1, self.length - 1)
+
+    def transformers_counterpart(self, *, k: int, max_new_tokens: int, eos_token_id: int | None = None) -> Counterpart:
+        """transformers' assisted generation with this draft model, k, threshold and schedule."""
+        return HF_ASSISTED, lambda target, ids: hf_assisted_generate(
+            target, self.model, ids, max_new_tokens=max_new_tokens, k=k, confidence_threshold=self.confidence_threshold,
+            schedule=self.schedule, eos_token_id=eos_token_id)
+
+
+def hf_assisted_generate(
+    target: PreTrainedModel, draft: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int,
+    confidence_threshold: float | None = None, schedule: str = "constant", eos_token_id: int | None = None,
+) -> torch.Tensor:
+    """transformers' assisted generation, greedy, with our k, confidence threshold (None: off) and schedule."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id, pad_token_id=0)
+    # transformers reads the drafting schedule from the *assistant's* generation config.
+    saved = copy.deepcopy(draft.generation_config)
+    draft.generation_config.num_assistant_tokens = k
+    draft.generation_config.num_assistant_tokens_schedule = schedule
+    draft.generation_config.assistant_confidence_threshold = confidence_threshold or 0.0
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its internal draft generate() warns about its own arguments
+    try:
+        ids = input_ids.to(target.device)
+        return target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=draft, generation_config=config)
+    finally:
+        draft.generation_config = saved
+        hf_logging.set_verbosity(verbosity)
+
+
+# A bare causal LM passed as the draft (speculative_generate(target, draft_model, ...)) drafts as a ModelDrafter.
+register_adapter(PreTrainedModel, ModelDrafter)

@@ -14,11 +14,14 @@ tokens as the match is long, up to k, so guesses grow while the text is being co
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 
-from ..loop.kv_cache import CacheSpec
+from ..loop.drafter import Counterpart, DrafterBase, Proposal
 from ..loop.sampling import Sampler
-from .base import Proposal, Verified
+from .registry import register_draft
+
+PROMPT_LOOKUP = "prompt-lookup"  # its name: load_pair(draft=...), bench --draft, training eval --drafts
+HF_PROMPT_LOOKUP = "HF prompt lookup"  # the benchmark's name for transformers' counterpart
 
 
 def find_ngram_match(tokens: torch.Tensor, max_ngram_size: int = 3, min_ngram_size: int = 1) -> tuple[int, int] | None:
@@ -60,14 +63,12 @@ def lookup_continuation(
     return tokens[start + n : start + n + count]
 
 
-class PromptLookupDrafter:
+class PromptLookupDrafter(DrafterBase):
     """Proposes the continuation of the longest recent n-gram found earlier in the text; no model, no calls.
 
     adaptive=True (default) proposes as many tokens as the match is long, up to k; False always up to k.
+    Nothing to start or roll back: the lookup reads the sequence it is given.
     """
-
-    needs_hidden_states = False
-    calls = 0  # it runs no model
 
     def __init__(self, max_ngram_size: int = 3, min_ngram_size: int = 1, adaptive: bool = True):
         for name, value in (("max_ngram_size", max_ngram_size), ("min_ngram_size", min_ngram_size)):
@@ -79,12 +80,25 @@ class PromptLookupDrafter:
             raise ValueError(f"adaptive must be True or False, got {adaptive!r}")
         self.max_ngram_size, self.min_ngram_size, self.adaptive = max_ngram_size, min_ngram_size, adaptive
 
-    def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, cache: CacheSpec = CacheSpec()) -> None:
-        """Nothing to reset: the lookup reads the sequence it is given."""
-
     def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
         """The looked-up continuation, deterministic (q is one-hot on it, so sampling stays exact)."""
         return Proposal(lookup_continuation(seq[0], k, self.max_ngram_size, self.min_ngram_size, self.adaptive))
 
-    def update(self, seq: torch.Tensor, n_accepted: int, verified: Verified) -> None:
-        """Nothing to roll back."""
+    def transformers_counterpart(self, *, k: int, max_new_tokens: int, eos_token_id: int | None = None) -> Counterpart:
+        """transformers' prompt lookup decoding with this n-gram size (it always proposes k)."""
+        return HF_PROMPT_LOOKUP, lambda target, ids: hf_prompt_lookup_generate(
+            target, ids, max_new_tokens=max_new_tokens, k=k, max_ngram_size=self.max_ngram_size, eos_token_id=eos_token_id)
+
+
+def hf_prompt_lookup_generate(
+    target: PreTrainedModel, input_ids: torch.Tensor, *, max_new_tokens: int, k: int, max_ngram_size: int = 3,
+    eos_token_id: int | None = None,
+) -> torch.Tensor:
+    """transformers' prompt lookup decoding, greedy, proposing up to k tokens from n-grams of up to max_ngram_size."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_id, pad_token_id=0,
+                              prompt_lookup_num_tokens=k, max_matching_ngram_size=max_ngram_size)
+    ids = input_ids.to(target.device)
+    return target.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+
+
+register_draft(PROMPT_LOOKUP, lambda target: PromptLookupDrafter(), "prompt lookup (no draft model)")

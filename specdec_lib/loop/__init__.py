@@ -1,14 +1,19 @@
-"""The loop and its rules: what chapters 01-04 build.
+"""The loop and its rules: what chapters 01-04 build. This room imports no other room of the library.
 
 - greedy: greedy_verify, the greedy acceptance rule (chapter 01)
-- generate: speculative_generate and the autoregressive baseline it must match (chapter 02)
+- step: speculative_step, one round (propose, verify in one target call, accept, commit), StepRecord, the rules
+- generate: speculative_generate, a short loop over that step, and the autoregressive baseline it must match (chapter 02)
+- drafter: the Drafter protocol the step talks to (Proposal, Verified, DrafterBase, as_drafter)
 - sampling: the Sampler, logits_to_probs and rejection_verify, lossless sampling (chapter 03)
 - sampling_check: a toy step, planted bugs and chi-square tests that tell them apart (chapter 03)
-- kv_cache: ModelRunner and crop_cache, KV caches with rollback (chapter 04); CacheSpec, static caches and compiled calls (chapter 10)
+- kv_cache: ModelRunner and one cache interface (DynamicKV, StaticKV: rollback, keep), chapter 04 and 10
+- tree: token trees, their 4D masks and greedy paths (chapter 09)
+- timer: the library's one timer, synchronised on CUDA
 """
 
-# Order matters: generate imports the drafters, which import kv_cache and sampling from here.
 from .greedy import greedy_verify, greedy_verify_tensors
 from .sampling import Sampler, logits_to_probs, rejection_verify, sample
-from .kv_cache import CacheSpec, ModelRunner, crop_cache
-from .generate import SpecOutput, SpecStats, StepRecord, autoregressive_generate, pool_steps, speculative_generate
+from .kv_cache import CacheSpec, DynamicKV, ModelRunner, StaticKV, crop_cache
+from .drafter import Drafter, DrafterBase, Proposal, TreeDrafter, Verified, as_drafter, register_adapter
+from .step import GREEDY, REJECTION, StepRecord, speculative_step
+from .generate import SpecOutput, SpecStats, autoregressive_generate, pool_steps, speculative_generate

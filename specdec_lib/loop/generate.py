@@ -1,7 +1,8 @@
-"""Chapter 02: the speculative decoding loop, and the plain autoregressive baseline it must match."""
+"""Chapter 02: the speculative decoding loop (a short loop over `step.speculative_step`), and the plain baseline it must match."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Sequence
@@ -9,42 +10,11 @@ from typing import Iterable, Literal, Sequence
 import torch
 from transformers import PreTrainedModel
 
-from ..drafters import Drafter, Proposal, TreeDrafter, Verified, as_drafter
-from .greedy import greedy_verify_tensors
+from .drafter import Drafter, TreeDrafter, as_drafter
 from .kv_cache import CacheSpec, ModelRunner, max_positions
-from .sampling import Sampler, rejection_verify_tensors
-from .tree import TokenTree, check_branching, greedy_tree_path, keep_path_in_cache, tree_forward
-
-
-@dataclass
-class StepRecord:
-    """What happened in one speculative step: drafted tokens, how many passed, the target's token."""
-
-    draft_tokens: list[int]  # a chain's drafts in order; with a tree, every node's token breadth-first
-    n_accepted: int
-    next_token: int
-    p_draft: list[float] | None = None  # target probability p(x) of each drafted x (sampling only)
-    q_draft: list[float] | None = None  # draft probability q(x) of each drafted x (sampling only)
-    tree: TokenTree | None = None  # the tree drafted in this step (chapter 09), None for a chain
-    path: list[int] | None = None  # the tree nodes accepted, root side first
-
-    @property
-    def bonus(self) -> bool:
-        """True when there were drafts and a whole chain or root-to-leaf path passed, so next_token is a free bonus."""
-        deepest = self.tree.depth if self.tree is not None else len(self.draft_tokens)
-        return bool(self.draft_tokens) and self.n_accepted == deepest
-
-    @property
-    def accepted_tokens(self) -> list[int]:
-        """The drafted tokens the target accepted, in order."""
-        if self.path is not None:
-            return [self.draft_tokens[i] for i in self.path]
-        return self.draft_tokens[: self.n_accepted]
-
-    @property
-    def new_tokens(self) -> list[int]:
-        """The tokens this step appended (before any EOS cut)."""
-        return self.accepted_tokens + [self.next_token]
+from .sampling import Sampler
+from .step import Rule, StepRecord, pick_rule, speculative_step
+from .tree import TokenTree, check_branching
 
 
 @dataclass
@@ -62,6 +32,13 @@ class SpecStats:
     accepted: list[int] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     new_tokens: int = 0
+
+    def add(self, record: StepRecord, kept: int) -> None:
+        """Count one step, of whose new tokens `kept` stay (fewer after an EOS)."""
+        self.steps.append(record)
+        self.proposed.append(record.depth)
+        self.accepted.append(record.n_accepted)
+        self.new_tokens += kept
 
     @property
     def acceptance_rate(self) -> float:
@@ -162,16 +139,20 @@ def autoregressive_generate(
     generator: torch.Generator | None = None,
     cache_implementation: Literal["dynamic", "static"] = "dynamic",
     compile: bool = False,
+    sampler: Sampler | None = None,
+    cache: CacheSpec | None = None,
 ) -> torch.Tensor:
     """Plain decoding, one model call per token: the baseline speculative decoding must reproduce.
 
     ``cache_implementation="static"`` and ``compile=True`` give it chapter 10's treatment, so that a
-    compiled speculative loop is timed against a compiled baseline.
+    compiled speculative loop is timed against a compiled baseline. ``sampler`` and ``cache``
+    (a `Sampler`, a `CacheSpec`) may replace the sampling and cache keywords, as the benchmark passes them.
     """
-    sampler = Sampler(temperature, top_k, top_p, generator)
+    sampler, spec = run_settings(sampler, cache, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                                 use_cache=use_cache, cache_implementation=cache_implementation, compile=compile)
     seq = _prepare_prompt(model, input_ids, max_new_tokens)
     eos = _eos_set(eos_token_id)
-    spec = CacheSpec(use_cache, cache_implementation, compile, max_length=seq.shape[1] + max_new_tokens)
+    spec = dataclasses.replace(spec, max_length=seq.shape[1] + max_new_tokens)
     runner = ModelRunner(model, croppable=False, spec=spec, compiled_lengths=(1,))
     for _ in range(max_new_tokens):
         token, _ = sampler.choose(runner.logits(seq)[-1])
@@ -181,55 +162,39 @@ def autoregressive_generate(
     return seq
 
 
-def _verify(
-    runner: ModelRunner, seq: torch.Tensor, proposal: Proposal, rule: str, sampler: Sampler, hidden: bool
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, Verified]:
-    """One target call over seq + drafts: (n_accepted, next_token) as device scalars, (p(x), q(x)) when
-    sampling, and what the call computed for the drafter."""
-    drafts, k = proposal.tokens, proposal.tokens.shape[0]
-    first = runner.cached_length
-    logits, states = runner.forward(torch.cat([seq, drafts.view(1, -1)], dim=1), keep=k + 1, hidden=hidden)
-    verified = Verified(logits, states, first)
-    if rule == "greedy":
-        return (*greedy_verify_tensors(drafts, logits), None, verified)
-    target_probs = sampler.probs(logits)
-    draft_probs = proposal.probs
-    if draft_probs is None:  # a deterministic draft is a sampler whose q is one-hot
-        draft_probs = torch.nn.functional.one_hot(drafts, logits.shape[-1]).float()
-    n, nxt = rejection_verify_tensors(drafts, draft_probs, target_probs, sampler.generator)
-    rows = torch.arange(k, device=target_probs.device)
-    return n, nxt, (target_probs[rows, drafts], draft_probs[rows, drafts]), verified
+SAMPLING_DEFAULTS = dict(temperature=0.0, top_k=None, top_p=None, generator=None)
+CACHE_DEFAULTS = dict(use_cache=True, cache_implementation="dynamic", compile=False)
 
 
-def _chain_step(
-    runner: ModelRunner, drafter: Drafter, seq: torch.Tensor, k: int, rule: str, sampler: Sampler
-) -> tuple[StepRecord, torch.Tensor, Verified]:
-    """Draft up to k tokens, verify them in one target call: the step's record, its new tokens (1, n+1), and the call."""
-    proposal = drafter.propose(seq, k, sampler)
-    n_t, next_t, p_q, verified = _verify(runner, seq, proposal, rule, sampler, drafter.needs_hidden_states)
-    # The one host sync per step: the counts and tokens that control flow and stats need.
-    n, next_token, *drafted = torch.cat([n_t.view(1), next_t.view(1), proposal.tokens]).tolist()
-    record = StepRecord(drafted, n, next_token)
-    if p_q is not None:
-        record.p_draft, record.q_draft = p_q[0].tolist(), p_q[1].tolist()
-    return record, torch.cat([proposal.tokens[:n], next_t.view(1)]).view(1, -1), verified
+def run_settings(sampler: Sampler | None, cache: CacheSpec | None, **keywords) -> tuple[Sampler, CacheSpec]:
+    """A run's Sampler and CacheSpec: the objects given, else built from the loose keywords (never both at once)."""
+    for given, defaults, what in ((sampler, SAMPLING_DEFAULTS, "sampler"), (cache, CACHE_DEFAULTS, "cache")):
+        changed = [name for name, default in defaults.items() if keywords[name] != default]
+        if given is not None and changed:
+            raise ValueError(f"give either {what}= or {', '.join(changed)}, not both")
+    if sampler is None:
+        sampler = Sampler(*(keywords[name] for name in SAMPLING_DEFAULTS))
+    if cache is None:
+        cache = CacheSpec(*(keywords[name] for name in CACHE_DEFAULTS))
+    return sampler, cache
 
 
-def _tree_step(
-    runner: ModelRunner, drafter: Drafter, seq: torch.Tensor, tree: TokenTree | None
-) -> tuple[StepRecord, torch.Tensor, Verified]:
-    """Draft a token tree, verify every node in one target call, keep the longest accepted path (chapter 09)."""
-    nodes = drafter.propose_tree(seq, tree).tokens if tree is not None else seq.new_empty(0)
-    if nodes.numel() == 0:  # no room left to draft: one plain target step
-        return _chain_step(runner, drafter, seq, 0, "greedy", Sampler())
-    tree = TokenTree(tree.parents[: nodes.numel()])  # the drafter may have cut it shallower
-    first = runner.cached_length
-    logits, states = tree_forward(runner, seq, nodes, tree, keep=tree.size + 1, hidden=drafter.needs_hidden_states)
-    path, next_token = greedy_tree_path(nodes, tree, logits)
-    keep_path_in_cache(runner.cache, tree.size, path)
-    record = StepRecord(nodes.tolist(), len(path), next_token, tree=tree, path=path)
-    verified = Verified(logits, states, first)
-    return record, seq.new_tensor([record.new_tokens]), verified
+def _check_draft_args(
+    drafter: Drafter, k: int, tree: Sequence[int] | None, rule: Rule, compile: bool
+) -> TokenTree | None:
+    """Validate k and the tree against the drafter, the rule and the cache; return the tree's shape (None: chains)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (draft tokens per step) must be an integer >= 1, got {k!r}")
+    if tree is None:
+        return None
+    shape = TokenTree.from_branching(check_branching(tree))
+    if rule.name != "greedy":
+        raise NotImplementedError("token trees verify greedily only: use temperature=0 (and verifier 'auto' or 'greedy')")
+    if not isinstance(drafter, TreeDrafter):
+        raise ValueError(f"{type(drafter).__name__} can't draft token trees (it has no propose_tree); use a draft model")
+    if compile:
+        raise NotImplementedError("token trees run eagerly: their 4D masks change shape every step; use compile=False")
+    return shape
 
 
 @torch.inference_mode()
@@ -247,9 +212,11 @@ def speculative_generate(
     use_cache: bool = True,
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
-    verifier: Literal["auto", "greedy", "rejection"] = "auto",
+    verifier: Literal["auto", "greedy", "rejection"] | Rule = "auto",
     cache_implementation: Literal["dynamic", "static"] = "dynamic",
     compile: bool = False,
+    sampler: Sampler | None = None,
+    cache: CacheSpec | None = None,
 ) -> SpecOutput:
     """Speculative decoding: the draft proposes up to k tokens, the target checks them all in one call.
 
@@ -258,52 +225,31 @@ def speculative_generate(
     the target's samples otherwise. ``verifier="rejection"`` forces the sampling rule even at
     temperature 0 (it then reduces to greedy); ``"greedy"`` requires temperature 0.
     ``tree=(2, 2, 1, 1)`` drafts a token tree with these branching factors per depth instead of a
-    chain (chapter 09; greedy only, and `k` is then ignored).
+    chain (chapter 09; greedy only, and `k` is then ignored), on either cache.
     ``cache_implementation="static"`` preallocates both models' caches and rolls back by moving the
     write position; ``compile=True`` then compiles the fixed-size calls (chapter 10; chains only).
+    ``sampler`` and ``cache`` (a `Sampler`, a `CacheSpec`) may replace the sampling and cache keywords.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (draft tokens per step) must be an integer >= 1, got {k!r}")
-    sampler = Sampler(temperature, top_k, top_p, generator)
-    if verifier not in ("auto", "greedy", "rejection"):
-        raise ValueError(f"verifier must be 'auto', 'greedy' or 'rejection', got {verifier!r}")
-    if verifier == "greedy" and not sampler.greedy:
-        raise ValueError("verifier='greedy' needs temperature=0; sampling needs the rejection rule")
-    rule = "rejection" if verifier == "rejection" or not sampler.greedy else "greedy"
-    drafter = as_drafter(draft)
-    shape = None if tree is None else TokenTree.from_branching(check_branching(tree))
-    if shape is not None and rule != "greedy":
-        raise NotImplementedError("token trees verify greedily only: use temperature=0 (and verifier 'auto' or 'greedy')")
-    if shape is not None and not isinstance(drafter, TreeDrafter):
-        raise ValueError(f"{type(drafter).__name__} can't draft token trees (it has no propose_tree); use a draft model")
-    if shape is not None and cache_implementation == "static":
-        raise NotImplementedError("token trees gather their accepted path in a dynamic cache; use cache_implementation='dynamic'")
+    sampler, spec = run_settings(sampler, cache, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                                 use_cache=use_cache, cache_implementation=cache_implementation, compile=compile)
+    rule, drafter = pick_rule(verifier, sampler), as_drafter(draft)
+    shape = _check_draft_args(drafter, k, tree, rule, spec.compile)
     seq = _prepare_prompt(target, input_ids, max_new_tokens)
     eos = _eos_set(eos_token_id)
-    spec = CacheSpec(use_cache, cache_implementation, compile, max_length=seq.shape[1] + max_new_tokens + k + 1)
+    drafts = k if shape is None else shape.size  # the most positions one verification adds after the text
+    spec = dataclasses.replace(spec, max_length=seq.shape[1] + max_new_tokens + drafts + 1)
     runner = ModelRunner(target, spec=spec, compiled_lengths=(k + 1,))  # a full step: the last token + k drafts
     drafter.start(target, seq, cache=spec)
     stats = SpecStats(k=k if shape is None else shape.depth)
-    done = max_new_tokens == 0
-    while not done:
+    while stats.new_tokens < max_new_tokens:
         # Draft at most remaining-1 tokens deep so the target's extra token never overshoots.
-        budget = max_new_tokens - stats.new_tokens - 1
-        if shape is None:
-            record, new_ids, verified = _chain_step(runner, drafter, seq, min(k, budget), rule, sampler)
-        else:
-            record, new_ids, verified = _tree_step(runner, drafter, seq, shape.truncated(budget))
-        seq = torch.cat([seq, new_ids], dim=1)
-        new, done = _cut_at_eos(record.new_tokens, eos)
-        if done:
-            seq = seq[:, : seq.shape[1] - (new_ids.shape[1] - len(new))]
-        stats.steps.append(record)
-        stats.proposed.append(record.tree.depth if record.tree is not None else len(record.draft_tokens))
-        stats.accepted.append(record.n_accepted)
-        stats.new_tokens += len(new)
-        done = done or stats.new_tokens >= max_new_tokens
-        # Rollback: keep only cache entries of tokens that are still in seq. The newest token
-        # (correction or bonus) has not been fed to the target yet.
-        runner.rollback(seq.shape[1] - 1)
-        drafter.update(seq, record.n_accepted, verified)
+        room = max_new_tokens - stats.new_tokens - 1
+        depth_left = None if shape is None else shape.truncated(room)
+        record, seq = speculative_step(runner, drafter, seq, rule, sampler, k=min(k, room), tree=depth_left)
+        kept, hit_eos = _cut_at_eos(record.new_tokens, eos)
+        stats.add(record, len(kept))
+        if hit_eos:  # drop what the step appended after the EOS
+            seq = seq[:, : seq.shape[1] - len(record.new_tokens) + len(kept)]
+            break
     stats.target_calls, stats.draft_calls = runner.calls, drafter.calls
     return SpecOutput(sequences=seq, stats=stats)

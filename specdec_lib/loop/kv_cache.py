@@ -101,13 +101,105 @@ def compiled_call(model: PreTrainedModel) -> Callable:
     return model.get_compiled_call(CompileConfig(mode=mode, fullgraph=False, dynamic=False))
 
 
+class DynamicKV:
+    """Chapter 04's cache behind the one interface: a DynamicCache that grows by concatenation, cropped to roll back.
+
+    The interface (`length`, `capacity`, `fed`, `rollback`, `keep`) is what the loop and the drafters
+    use, whatever the kind; `cache` is transformers' own object, passed to the model as is.
+    Lengths are counted for the one row of a batch-1 run. For a batch whose rows accept different
+    numbers of drafts (chapter 11), the same calls take one length, or one kept path, per row.
+    """
+
+    capacity: int | None = None  # a dynamic cache grows as needed
+
+    def __init__(self, cache: DynamicCache):
+        self.cache = cache
+
+    @property
+    def length(self) -> int:
+        """How many leading positions of the sequence the cache holds."""
+        return self.cache.get_seq_length()
+
+    def fed(self, n: int) -> None:
+        """A call wrote n more positions: a dynamic cache counts them itself."""
+
+    def rollback(self, length: int) -> None:
+        """Forget every position from `length` on (crop)."""
+        crop_cache(self.cache, length)
+
+    def _layer_end(self, layer: CacheLayerMixin) -> int:
+        """Where the layer's entries end: a sliding-window layer may hold fewer than `length`."""
+        return layer.keys.shape[-2]
+
+    @torch.inference_mode()  # the cache's tensors were made in inference mode; in-place writes must be too
+    def keep(self, n_tail: int, kept: Sequence[int]) -> None:
+        """Of the last n_tail positions keep those at indices `kept` (in order, 0 = the first of the tail); forget the rest.
+
+        A chain keeps a prefix (0, 1, .., n - 1): a plain rollback. A tree's accepted path is scattered
+        among its siblings' (Medusa's `update_inference_inputs`): gather it into place first.
+        """
+        kept = list(kept)
+        if kept != list(range(len(kept))):
+            for layer in self.cache.layers:
+                base = self._layer_end(layer) - n_tail
+                index = torch.as_tensor(kept, dtype=torch.long, device=layer.keys.device) + base
+                layer.keys[:, :, base : base + len(kept)] = layer.keys.index_select(2, index)
+                layer.values[:, :, base : base + len(kept)] = layer.values.index_select(2, index)
+        self.rollback(self.length - n_tail + len(kept))
+
+
+class StaticKV(DynamicKV):
+    """Chapter 10's cache behind the same interface: a preallocated StaticCache, rolled back by moving the write position.
+
+    The length is a host int, so reading it costs no device sync (the cache's own counter is a tensor).
+    """
+
+    def __init__(self, cache: StaticCache):
+        super().__init__(cache)
+        self._length = 0  # the next write position
+        self.capacity = cache.layers[0].max_cache_len
+
+    @property
+    def length(self) -> int:
+        """How many leading positions of the sequence the cache holds."""
+        return self._length
+
+    def fed(self, n: int) -> None:
+        """A call wrote n more positions at the write position."""
+        self._length += n
+
+    @torch.inference_mode()  # the cache's counter is an inference tensor, moved in place
+    def rollback(self, length: int) -> None:
+        """Free: move the write position back; the next call overwrites the rest, and until then masks hide it."""
+        if length < self._length:
+            self.cache.crop(length - self._length)
+            self._length = length
+
+    def _layer_end(self, layer: CacheLayerMixin) -> int:
+        """Every static layer holds every position up to the write position."""
+        return self._length
+
+
+def kv_cache(model: PreTrainedModel, spec: CacheSpec, croppable: bool = True, role: str = "target") -> DynamicKV | None:
+    """The cache `spec` asks for, behind the one interface: static, dynamic (croppable or not), or None."""
+    if spec.implementation == "static":
+        if spec.max_length is None:
+            raise ValueError("a static cache needs spec.max_length, the most positions the run will hold")
+        return StaticKV(static_cache(model, spec.max_length, role))
+    if not spec.use_cache:
+        return None
+    # Plain decoding never rolls back, so it keeps transformers' default (window-sized) cache.
+    return DynamicKV(croppable_cache(model) if croppable else DynamicCache(config=model.config))
+
+
 class ModelRunner:
     """Feeds a model a growing sequence: all of it without a cache, only the unseen tail with one.
 
-    `spec`, when given, replaces `use_cache`. With a static one (chapter 10) the runner keeps the
-    cached length itself, and with `spec.compile` the calls of `compiled_lengths` tokens run
-    compiled; the others (the prompt, a short last step) run eagerly, so that no new shape ever
-    triggers a recompile. `role` names the static cache it takes (see `static_cache`).
+    `spec`, when given, replaces `use_cache`. `kv` is the cache behind one interface (see
+    `DynamicKV`), `cache` transformers' object inside it. With `spec.compile` (chapter 10) the
+    calls of `compiled_lengths` tokens run compiled; the others (the prompt, a short last step, a
+    tree) run eagerly, so that no new shape ever triggers a recompile. `role` names the static
+    cache it takes (see `static_cache`).
     """
 
     def __init__(
@@ -116,32 +208,25 @@ class ModelRunner:
     ):
         self.model = model
         self.spec = spec or CacheSpec(use_cache=use_cache)
-        self.length = 0  # static cache: positions held, i.e. the next write position
-        self.static = self.spec.implementation == "static"
-        if self.static:
-            if self.spec.max_length is None:
-                raise ValueError("a static cache needs spec.max_length, the most positions the run will hold")
-            self.cache = static_cache(model, self.spec.max_length, role)
-        elif self.spec.use_cache:
-            # Plain decoding never rolls back, so it keeps transformers' default (window-sized) cache.
-            self.cache = croppable_cache(model) if croppable else DynamicCache(config=model.config)
-        else:
-            self.cache = None
+        self.kv = kv_cache(model, self.spec, croppable, role)
         self.compiled = compiled_call(model) if self.spec.compile else None
         self.compiled_lengths = frozenset(compiled_lengths)
         self.calls = 0
 
     @property
+    def cache(self) -> DynamicCache | StaticCache | None:
+        """transformers' cache object (its `.layers` hold the keys and values), or None without a cache."""
+        return None if self.kv is None else self.kv.cache
+
+    @property
     def cached_length(self) -> int:
         """How many leading positions of the sequence the cache already holds."""
-        if self.static:
-            return self.length  # a host int: no device sync, unlike the cache's own tensor counter
-        return 0 if self.cache is None else self.cache.get_seq_length()
+        return 0 if self.kv is None else self.kv.length
 
     @property
     def capacity(self) -> int | None:
         """The most positions a static cache can hold (None: a dynamic cache grows)."""
-        return self.cache.layers[0].max_cache_len if self.static else None
+        return None if self.kv is None else self.kv.capacity
 
     @torch.inference_mode()  # a runner only decodes; callers outside the loop need no context manager
     def forward(self, seq: torch.Tensor, keep: int = 1, hidden: bool = False, **tree_inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -152,17 +237,18 @@ class ModelRunner:
         """
         # (1, n) with standard strides: a slice of seq would carry seq's length in its stride, and a
         # compiled call guards on strides, so it would recompile every step.
-        new = seq[0, self.cached_length :].unsqueeze(0).to(self.model.device)
+        start = self.cached_length
+        new = seq[0, start:].unsqueeze(0).to(self.model.device)
         n = new.shape[1]
-        if self.static and self.length + n > self.capacity:
-            raise ValueError(f"the static cache holds {self.capacity} positions; this call needs {self.length + n}")
-        compiled = self.compiled is not None and self.length > 0 and n in self.compiled_lengths and not tree_inputs
+        if self.capacity is not None and start + n > self.capacity:
+            raise ValueError(f"the static cache holds {self.capacity} positions; this call needs {start + n}")
+        compiled = self.compiled is not None and start > 0 and n in self.compiled_lengths and not tree_inputs
         call = self.compiled if compiled else self.model
         out = call(input_ids=new, cache=self.cache, use_cache=self.cache is not None,
                    logits_to_keep=keep, output_hidden_states=hidden, **tree_inputs)
         self.calls += 1
-        if self.static:
-            self.length += n
+        if self.kv is not None:
+            self.kv.fed(n)
         logits, states = out.logits[0, -keep:], out.hidden_states[-1][0] if hidden else None
         if compiled:  # a CUDA graph's outputs are overwritten by its next replay: keep our own copy
             logits, states = logits.clone(), None if states is None else states.clone()
@@ -172,14 +258,12 @@ class ModelRunner:
         """Run one forward pass over seq (1, L) and return the logits of its last `keep` positions, (keep, V)."""
         return self.forward(seq, keep)[0]
 
-    @torch.inference_mode()  # a static cache's counter is an inference tensor, moved in place
     def rollback(self, length: int) -> None:
         """Forget every cached position from `length` on, e.g. those of rejected draft tokens."""
-        if self.static:
-            # Free: move the write position back; the next call overwrites the rejected entries,
-            # and until then the causal mask hides them (they sit after every query's position).
-            if length < self.length:
-                self.cache.crop(length - self.length)
-                self.length = length
-        elif self.cache is not None:
-            crop_cache(self.cache, length)
+        if self.kv is not None:
+            self.kv.rollback(length)
+
+    def keep(self, n_tail: int, kept: Sequence[int]) -> None:
+        """Of the last n_tail cached positions keep those at `kept` (a chain's prefix, a tree's accepted path)."""
+        if self.kv is not None:
+            self.kv.keep(n_tail, kept)

@@ -15,8 +15,9 @@ from typing import Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import Cache, StaticLayer
 
-from .kv_cache import ModelRunner, crop_cache
+from .kv_cache import DynamicKV, ModelRunner
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,16 @@ class TokenTree:
             parents.extend(p for p in level for _ in range(b))
             level = list(range(start, len(parents)))
         return cls(tuple(parents))
+
+    @classmethod
+    def chain(cls, k: int) -> "TokenTree":
+        """A chain of k drafts as a tree of width 1: node i's parent is node i - 1."""
+        return cls(tuple(range(-1, k - 1)))
+
+    @cached_property
+    def is_chain(self) -> bool:
+        """Whether every node has one child at most, in order: a plain chain of drafts."""
+        return self.parents == tuple(range(-1, self.size - 1))
 
     @cached_property
     def depths(self) -> tuple[int, ...]:
@@ -138,41 +149,51 @@ def _additive(allowed: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
     return mask[None, None].to(model.device)
 
 
-def _attention_layers(model: PreTrainedModel, cache: DynamicCache | None) -> dict[str, object]:
-    """One cache layer per attention type of the model, keyed by the type's name in config.layer_types.
+def _attention_layers(model: PreTrainedModel, cache: Cache | None) -> dict[str, tuple[object, object]]:
+    """Per attention type of the model (keyed by its name in config.layer_types): (how it attends, the cache layer).
 
-    Without a cache, a fresh DynamicCache built from the config says which layers slide, and how far.
+    How it attends (sliding or not, how far) comes from a DynamicCache built from the config, since a
+    static cache holds full-length layers for sliding ones too; the cache layer says how many keys it holds.
     """
-    layers = (cache if cache is not None else DynamicCache(config=model.config)).layers
+    kinds = DynamicCache(config=model.config).layers
+    layers = cache.layers if cache is not None else kinds
     names = getattr(model.config, "layer_types", None) or ["attention"] * len(layers)
-    kinds: dict[str, object] = {}
+    found: dict[str, tuple[object, object]] = {}
     for i, layer in enumerate(layers):
-        if not hasattr(layer, "keys") or getattr(layer, "is_compileable", False):
+        if not hasattr(layer, "keys"):
             raise NotImplementedError(f"token trees need key/value cache layers; layer {i} is a {type(layer).__name__}")
-        kinds.setdefault(names[i], layer)
-    return kinds
+        found.setdefault(names[i], (kinds[i], layer))
+    return found
 
 
 def tree_attention_inputs(
-    model: PreTrainedModel, cache: DynamicCache | None, committed: int, tree: TokenTree
+    model: PreTrainedModel, cache: Cache | None, committed: int, tree: TokenTree, cached: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
     """position_ids (1, q) and the 4D attention mask(s) for feeding committed text (its uncached tail) + all tree nodes.
 
     A model with one attention type gets one mask; a hybrid (e.g. Qwen2 with some sliding-window
-    layers) gets transformers' mapping from layer type to mask.
+    layers) gets transformers' mapping from layer type to mask. A static cache's keys are its
+    slots 0..capacity-1, slot j holding sequence index j: the slots after the tree are masked.
     """
     attention = getattr(model.config, "_attn_implementation", None) or "eager"
     if attention not in ("eager", "sdpa"):  # flash and flex kernels take no arbitrary 4D mask
         raise NotImplementedError(f"token trees need eager or sdpa attention, not {attention!r}: "
                                   "load the model with attn_implementation='sdpa'")
-    cached = 0 if cache is None else cache.get_seq_length()
-    rows = committed + tree.size - cached
+    static = cache is not None and all(isinstance(layer, StaticLayer) for layer in cache.layers)
+    if cached is None:  # how many positions the cache holds (a runner knows it without a device sync)
+        cached = 0 if cache is None else int(cache.get_seq_length())
+    total = committed + tree.size
+    rows = total - cached
     masks = {}
-    for name, layer in _attention_layers(model, cache).items():
-        sliding = getattr(layer, "is_sliding", False)
-        columns = layer.get_mask_sizes(rows)[0] if cache is not None else committed + tree.size
-        window = layer.sliding_window if sliding else None
-        masks[name] = _additive(allowed_attention(tree, committed, rows, columns, window), model)
+    for name, (kind, layer) in _attention_layers(model, cache).items():
+        window = kind.sliding_window if getattr(kind, "is_sliding", False) else None
+        if static:
+            allowed = allowed_attention(tree, committed, rows, total, window)
+            allowed = torch.nn.functional.pad(allowed, (0, layer.max_cache_len - total), value=False)
+        else:
+            columns = layer.get_mask_sizes(rows)[0] if cache is not None else total
+            allowed = allowed_attention(tree, committed, rows, columns, window)
+        masks[name] = _additive(allowed, model)
     depths = torch.tensor(tree.depths, device=model.device)
     positions = torch.cat([torch.arange(cached, committed, device=model.device), committed - 1 + depths])
     mask = next(iter(masks.values())) if len(masks) == 1 else masks
@@ -183,7 +204,7 @@ def tree_forward(
     runner: ModelRunner, seq: torch.Tensor, nodes: torch.Tensor, tree: TokenTree, keep: int, hidden: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One pass over seq (1, L) and the tree's node tokens (size,): logits of the last `keep` positions fed."""
-    positions, mask = tree_attention_inputs(runner.model, runner.cache, seq.shape[1], tree)
+    positions, mask = tree_attention_inputs(runner.model, runner.cache, seq.shape[1], tree, runner.cached_length)
     full = torch.cat([seq, nodes.view(1, -1).to(seq.device)], dim=1)
     return runner.forward(full, keep=keep, hidden=hidden, position_ids=positions, attention_mask=mask)
 
@@ -194,6 +215,12 @@ def greedy_tree_path(nodes: torch.Tensor, tree: TokenTree, logits: torch.Tensor)
     logits (size + 1, V): row 0 is the target after the committed text, row i + 1 after node i.
     Returns the accepted node indices in order and the target's token after the last of them.
     """
+    path, next_token, _ = greedy_tree_verdict(nodes, tree, logits)
+    return path, next_token
+
+
+def greedy_tree_verdict(nodes: torch.Tensor, tree: TokenTree, logits: torch.Tensor) -> tuple[list[int], int, list[int]]:
+    """`greedy_tree_path`, plus the node tokens as a list: all three from one host sync."""
     if logits.dim() != 2 or logits.shape[0] != tree.size + 1:
         raise ValueError(f"logits must have shape (size + 1, V) = ({tree.size + 1}, V), got {tuple(logits.shape)}")
     n = tree.size
@@ -204,23 +231,17 @@ def greedy_tree_path(nodes: torch.Tensor, tree: TokenTree, logits: torch.Tensor)
     while True:
         child = next((c for c in range(node + 1, n) if tree.parents[c] == node and tokens[c] == best[node + 1]), None)
         if child is None:
-            return path, best[node + 1]
+            return path, best[node + 1], tokens
         path.append(child)
         node = child
 
 
-@torch.inference_mode()  # the cache's tensors were made in inference mode; in-place writes must be too
 def keep_path_in_cache(cache: DynamicCache | None, n_nodes: int, path: Sequence[int]) -> None:
     """After a tree verification: move the accepted path's keys and values right after the committed ones, drop the rest.
 
     The cache's last n_nodes entries are the tree's nodes in breadth-first order; the path's are
-    scattered among its siblings' (Medusa's `update_inference_inputs`), so gather them into place first.
+    scattered among its siblings' (Medusa's `update_inference_inputs`), so gather them into place
+    first. The loop does this through its runner (`ModelRunner.keep`), for static caches too.
     """
-    if cache is None:
-        return
-    for layer in cache.layers:
-        base = layer.keys.shape[-2] - n_nodes
-        index = torch.as_tensor(list(path), dtype=torch.long, device=layer.keys.device) + base
-        layer.keys[:, :, base : base + len(path)] = layer.keys.index_select(2, index)
-        layer.values[:, :, base : base + len(path)] = layer.values.index_select(2, index)
-    crop_cache(cache, cache.get_seq_length() - n_nodes + len(path))
+    if cache is not None:
+        DynamicKV(cache).keep(n_nodes, path)

@@ -1,16 +1,20 @@
-"""Loading model pairs, and the CPU kernels that make verification cheap.
+"""Models: loading pairs, the draft networks the course trains, and the CPU kernels that make verification cheap.
 
-- pairs: load_pair (the offline SmolLM2 default, the seed's gpt2 pair, or any two models), pick_device
+- pairs: load_pair (the offline SmolLM2 default, the seed's gpt2 pair, or any two models), pick_device;
+  registers the drafts shipped for SmolLM2 by name (trained, eagle, the stand-ins)
+- draft_model: RestrictedVocabLlama, a small draft scoring part of the vocabulary; save/load (chapter 06)
+- eagle_head: EagleHead, the EAGLE head reading the target's features (chapter 08)
 - cpu_kernels: verify K+1 tokens at the cost of about one call on a CPU (chapter 05); opt out with cpu_kernels=False
 """
 
+from ..drafters import PROMPT_LOOKUP
 from .pairs import (
     DEFAULT_PRESET,
     DEVICE_ENV,
     EAGLE_DRAFT,
     PRESETS,
-    PROMPT_LOOKUP,
     STAND_INS,
+    TRAINED_DRAFT,
     ModelPair,
     ModelUnavailableError,
     available_devices,
@@ -21,3 +25,4 @@ from .pairs import (
     smollm2_gguf_path,
     stand_in_draft,
 )
+from .eagle_head import SMOLLM2_EAGLE_DIR, EagleHead, eagle_from_draft, load_eagle

@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.pytorch_utils import Conv1D
 
+from ..loop.timer import median_seconds
+
 MAX_ROWS = 16  # above this, the stock kernel is already efficient
 
 
@@ -65,8 +67,6 @@ def kernel_choices() -> dict[tuple[int, int, int, torch.dtype], str]:
 
 def _fastest(layer: nn.Linear, x: torch.Tensor) -> str:
     """Time every candidate that serves x's row count on this input, taking turns; return the fastest's name."""
-    from ..bench.timing import median_seconds  # imported here: the bench room imports this one
-
     rows = x.shape[0]
     calls = {name: (lambda fn=fn: fn(layer, x)) for name, (fn, serves) in CANDIDATES.items() if rows in serves}
     with torch.no_grad():

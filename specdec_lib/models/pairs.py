@@ -20,14 +20,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers import modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
-from ..drafters import Drafter, PromptLookupDrafter
-from ..drafters.eagle import EagleDrafter, EagleHead, load_eagle
-from ..drafters.model import check_same_vocab
-from ..training.draft_model import CONFIG_FILE, draft_summary, load_draft
+from ..drafters import PROMPT_LOOKUP, Drafter, EagleDrafter, check_same_vocab, draft_kind, draft_names, register_draft
 from .cpu_kernels import fast_on_cpu
+from .draft_model import CONFIG_FILE, draft_summary, load_draft
+from .eagle_head import EagleHead, load_eagle
 
 DEFAULT_PRESET = "smollm2"
-PROMPT_LOOKUP = "prompt-lookup"  # draft=PROMPT_LOOKUP: no draft model, n-gram lookup in the text (chapter 07)
 DEVICE_ENV = "SPECDEC_DEVICE"  # cpu, cuda or mps: moves every notebook at once, like SPECDEC_PRESET
 PRESETS = ("smollm2", "gpt2")
 GPT2_PAIR = ("gpt2-medium", "gpt2")  # (target, draft), the seed's pair; needs the Hugging Face hub once
@@ -146,14 +144,15 @@ def is_stand_in(kind: str) -> bool:
 
 def is_saved_draft(kind: str) -> bool:
     """Whether `kind` is a folder to load a trained draft from (draft names win over same-named folders)."""
-    return kind not in (TRAINED_DRAFT, EAGLE_DRAFT, PROMPT_LOOKUP) and not is_stand_in(kind) and Path(kind).is_dir()
+    return draft_kind(kind) is None and not is_stand_in(kind) and Path(kind).is_dir()
 
 
 def stand_in_draft_check(kind: str, device: torch.device) -> None:
     """Raise a ValueError naming the choices when `kind` is not a stand-in that runs on `device`."""
     if not is_stand_in(kind):
-        raise ValueError(f"unknown draft {kind!r} for SmolLM2; choose {TRAINED_DRAFT!r} (the default), {EAGLE_DRAFT!r}, "
-                         f"{PROMPT_LOOKUP!r}, a stand-in from {sorted(STAND_INS)}, or 'layersN'")
+        named = [n for n in draft_names(DEFAULT_PRESET) if not is_stand_in(n)]
+        raise ValueError(f"unknown draft {kind!r} for SmolLM2; choose {TRAINED_DRAFT!r} (the default), "
+                         f"one of {named}, a stand-in from {sorted(STAND_INS)}, 'layersN', or a folder of a draft you trained")
     if kind == "int8" and device.type != "cpu":
         raise ValueError("the 'int8' stand-in uses dynamic quantization, which runs on CPU only; "
                          "pick draft='trained', 'layers20' or 'bf16' on other devices")
@@ -232,23 +231,24 @@ def load_pair(
         if draft is None:
             raise ValueError("give both target= and draft= to load an arbitrary pair")
         target_model, target_tok = _load_named(target, device, dtype)
-        if draft == PROMPT_LOOKUP:
-            return _with_kernels(ModelPair(target_model, PromptLookupDrafter(), target_tok, f"{target} + prompt lookup"),
-                                 cpu_kernels)
+        kind = draft_kind(draft)
+        if kind is not None and kind.fits(None):  # a registered draft that serves any target, e.g. prompt lookup
+            built = kind.build(target_model)
+            return _with_kernels(ModelPair(target_model, built, target_tok, f"{target} + {kind.label(built)}"), cpu_kernels)
         draft_model, draft_tok = _load_named(draft, device, dtype)
         check_same_vocab(target_model, draft_model, target_tok, draft_tok)
         return _with_kernels(ModelPair(target_model, draft_model, target_tok, f"{target} + draft {draft}"), cpu_kernels)
     preset = preset or os.environ.get("SPECDEC_PRESET") or DEFAULT_PRESET
     if preset == "gpt2":
-        if draft not in (None, PROMPT_LOOKUP):
-            raise ValueError(f"the gpt2 preset's draft is gpt2 (or {PROMPT_LOOKUP!r}); "
+        if draft is not None and not (draft_kind(draft) and draft_kind(draft).fits(None)):
+            raise ValueError(f"the gpt2 preset's draft is gpt2 (or one of {draft_names()}); "
                              "use target=..., draft=... for another pair")
         return load_pair(target=GPT2_PAIR[0], draft=draft or GPT2_PAIR[1], device=device, dtype=dtype,
                          cpu_kernels=cpu_kernels)
     if preset != "smollm2":
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     kind = draft or TRAINED_DRAFT
-    if kind not in (TRAINED_DRAFT, EAGLE_DRAFT, PROMPT_LOOKUP) and not is_saved_draft(kind):
+    if draft_kind(kind) is None and not is_saved_draft(kind):
         stand_in_draft_check(kind, device)
     target_model, tokenizer = load_smollm2(device, dtype)
     draft_model, about = smollm2_draft(target_model, kind)
@@ -259,7 +259,7 @@ def _with_kernels(pair: ModelPair, cpu_kernels: bool) -> ModelPair:
     """With cpu_kernels, let both models verify several positions at the cost of about one on a CPU."""
     if cpu_kernels:
         # A draft model itself, or a drafter's own model (EAGLE's head); prompt lookup has none.
-        draft = pair.draft if isinstance(pair.draft, torch.nn.Module) else getattr(pair.draft, "model", None)
+        draft = pair.draft if isinstance(pair.draft, torch.nn.Module) else pair.draft.model
         fast_on_cpu(*(m for m in (pair.target, draft) if isinstance(m, torch.nn.Module)))
     return pair
 
@@ -276,18 +276,36 @@ def saved_draft(target: PreTrainedModel, folder: Path) -> tuple[PreTrainedModel 
 
 
 def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[PreTrainedModel | Drafter, str]:
-    """A draft for the SmolLM2 target and a label for it: the shipped trained draft, its EAGLE head, prompt lookup, or a stand-in."""
-    if kind == TRAINED_DRAFT:
-        draft = load_draft(target)
-        return draft, f"its trained draft ({draft_summary(draft)})"
-    if kind == EAGLE_DRAFT:
-        head = load_eagle(target)
-        return EagleDrafter(head), f"its EAGLE head ({draft_summary(head)} + the target's features)"
-    if kind == PROMPT_LOOKUP:
-        return PromptLookupDrafter(), "prompt lookup (no draft model)"
+    """A draft for the SmolLM2 target and a label for it: a registered draft (trained, eagle, prompt lookup,
+    the stand-ins, yours), a folder of a draft you trained, or a 'layersN' stand-in."""
+    registered = draft_kind(kind)
+    if registered is not None and registered.fits(DEFAULT_PRESET):
+        draft = registered.build(target)
+        return draft, registered.label(draft)
     if is_saved_draft(kind):
         return saved_draft(target, Path(kind))
     draft = stand_in_draft(target, kind)
+    return draft, _stand_in_label(kind)
+
+
+def _stand_in_label(kind: str) -> str:
+    """How a pair's name describes a stand-in draft."""
+    return f"STAND-IN draft '{kind}': " + STAND_INS.get(kind, "the target's first layers + its head")
+
+
+def _checked_stand_in(target: PreTrainedModel, kind: str) -> PreTrainedModel:
+    """A stand-in built from the target, checked to share its vocabulary."""
+    draft = stand_in_draft(target, kind)
     check_same_vocab(target, draft)
-    about = STAND_INS.get(kind, "the target's first layers + its head")
-    return draft, f"STAND-IN draft '{kind}': {about}"
+    return draft
+
+
+# The drafts shipped for SmolLM2, by name. Any other file can add its own with register_draft.
+register_draft(TRAINED_DRAFT, lambda target: load_draft(target),
+               lambda draft: f"its trained draft ({draft_summary(draft)})", presets=(DEFAULT_PRESET,))
+register_draft(EAGLE_DRAFT, lambda target: EagleDrafter(load_eagle(target)),
+               lambda drafter: f"its EAGLE head ({draft_summary(drafter.model)} + the target's features)",
+               presets=(DEFAULT_PRESET,))
+for _name in STAND_INS:
+    register_draft(_name, lambda target, name=_name: _checked_stand_in(target, name),
+                   lambda draft, name=_name: _stand_in_label(name), presets=(DEFAULT_PRESET,))

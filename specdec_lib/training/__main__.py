@@ -1,5 +1,5 @@
-"""`python -m specdec_lib.training data|train|eval`: see specdec_lib/training/train_draft.py."""
+"""`python -m specdec_lib.training data|train|eval|eagle|onpolicy`: see specdec_lib/cli/training.py."""
 
-from .train_draft import main
+from ..cli.training import main
 
 main()

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .prompts import CHAT_TEMPLATE_SHARE, as_chat
+from ..prompts import CHAT_TEMPLATE_SHARE, as_chat
 
 
 @dataclass

@@ -13,12 +13,8 @@ agreement on sequences held out of the corpus is kept (early stopping: features 
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,32 +23,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm, trange
 from transformers import PreTrainedModel
 
-from ..bench.args import existing_files, existing_folder, non_negative_float, positive_float, positive_int, writable_path
-from ..drafters.eagle import EagleHead, eagle_from_draft
-from ..models import load_smollm2
-from .draft_model import SMOLLM2_DRAFT_DIR, load_draft, save_draft
-from .train_draft import HeldOut, cached_held_out, lr_at, optimizer_step
-
-
-@torch.inference_mode()
-def target_features(
-    target: PreTrainedModel, sequences: Sequence[torch.Tensor], batch_size: int = 16, progress: bool = True
-) -> list[torch.Tensor]:
-    """The target's top hidden state (after its final norm) at every position of each sequence, (L, d) float16 on CPU."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a batch: little padding
-    features: list[torch.Tensor | None] = [None] * len(sequences)
-    for start in trange(0, len(order), batch_size, desc="target features", disable=not progress):
-        rows = order[start : start + batch_size]
-        length = max(len(sequences[i]) for i in rows)
-        ids = torch.zeros(len(rows), length, dtype=torch.long)
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, : len(sequences[i])], mask[r, : len(sequences[i])] = sequences[i], 1
-        # The decoder stack only: the LM head over 49k ids is not needed for features.
-        hidden = target.model(input_ids=ids.to(target.device), attention_mask=mask.to(target.device)).last_hidden_state
-        for r, i in enumerate(rows):
-            features[i] = hidden[r, : len(sequences[i])].half().cpu()
-    return features
+from ..models.eagle_head import EagleHead
+from .corpus import load_corpus
+from .evaluate import HeldOut, eagle_agreement, target_features
+from .train_draft import lr_at, optimizer_step
 
 
 def label_rows(target: PreTrainedModel, head: EagleHead) -> torch.Tensor:
@@ -96,31 +70,6 @@ def _pad(tokens: Sequence[torch.Tensor], features: Sequence[torch.Tensor]) -> tu
     for r, (t, f) in enumerate(zip(tokens, features)):
         ids[r, : len(t)], feats[r, : len(t)] = t, f.float()
     return ids, feats, torch.tensor([len(t) for t in tokens])
-
-
-@torch.inference_mode()
-def eagle_agreement(
-    head: EagleHead, tokens: Sequence[torch.Tensor], features: Sequence[torch.Tensor], first: Sequence[int]
-) -> tuple[float, float]:
-    """Greedy agreement with the target, teacher-forced, over tokens[first:] of each sequence: (1st draft, 2nd draft).
-
-    The 1st draft of a step reads the target's true features up to the token before it, exactly as
-    here; a 2nd draft reads the head's own prediction of the feature before it (the unrolled pass).
-    """
-    hits, total = [0, 0], 0
-    for seq, feats, n in zip(tokens, features, first):
-        n = max(n, 2)  # token t is predicted at position t - 2
-        if len(seq) <= n:
-            continue
-        f, x = feats[None, :-1].float(), seq[None, 1:]
-        inputs = f
-        for i in range(2):
-            predicted, sub = head.features_forward(inputs.to(head.device), x.to(head.device))
-            guess = sub[0, n - 2 : -1].argmax(-1).cpu()  # the last position predicts a token past the end
-            hits[i] += int((head.vocab_ids.cpu()[guess] == seq[n:]).sum())
-            inputs = torch.cat([f[:, :1], predicted[:, :-1].float().cpu()], dim=1)
-        total += len(seq) - n
-    return hits[0] / total, hits[1] / total
 
 
 @dataclass
@@ -201,8 +150,6 @@ def train_eagle(
 
 def load_eagle_data(target: PreTrainedModel, paths: Sequence[str | Path], progress: bool = True) -> EagleData:
     """Corpus files from `data` plus the target's features, computed once and cached beside the first file."""
-    from .corpus import load_corpus
-
     samples = [s for path in paths for s in load_corpus(path)]
     tokens = [s.tokens for s in samples]
     cache = Path(paths[0]).with_suffix(".features.pt")
@@ -215,51 +162,3 @@ def load_eagle_data(target: PreTrainedModel, paths: Sequence[str | Path], progre
     return EagleData(tokens, features, [s.n_prompt for s in samples])
 
 
-def add_eagle_command(sub, common: argparse.ArgumentParser) -> None:
-    """The `eagle` subcommand of `python -m specdec_lib.training`."""
-    eagle = sub.add_parser("eagle", parents=[common], help="train an EAGLE head on a corpus made by `data` (chapter 08)")
-    eagle.add_argument("--data", type=existing_files, required=True, help="corpus file(s) from `data`, comma-separated")
-    eagle.add_argument("--init", type=existing_folder, default=str(SMOLLM2_DRAFT_DIR),
-                       help="token-only draft to start from (default: the shipped one)")
-    eagle.add_argument("--steps", type=positive_int, default=1000)
-    eagle.add_argument("--batch-size", type=positive_int, default=16)
-    eagle.add_argument("--lr", type=positive_float, default=5e-4)
-    eagle.add_argument("--feature-weight", type=non_negative_float, default=1.0, help="weight of the smooth-L1 feature loss")
-    eagle.add_argument("--noise", type=non_negative_float, default=0.0, help="uniform noise on input features (EAGLE)")
-    eagle.add_argument("--no-unroll", dest="unroll", action="store_false",
-                       help="skip the second pass on the head's own predicted features")
-    eagle.add_argument("--eval-every", type=positive_int, default=100)
-    eagle.add_argument("--seed", type=int, default=0)
-    eagle.add_argument("--out", type=writable_path, required=True, help="folder to write the head into")
-    eagle.set_defaults(run=_eagle)
-
-
-def _eagle(args: argparse.Namespace) -> None:
-    """Compute (or reuse) the target's features, train the head from --init and write it with its training log."""
-    target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
-    start = time.perf_counter()
-    data = load_eagle_data(target, args.data)
-    held_out = cached_held_out(target, tokenizer, args.data[0])
-    held_features = target_features(target, held_out.sequences, progress=False)
-    feature_minutes = (time.perf_counter() - start) / 60
-    config = EagleConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, feature_weight=args.feature_weight,
-                         unroll=args.unroll, noise=args.noise, eval_every=args.eval_every, seed=args.seed)
-    head = eagle_from_draft(load_draft(target, args.init))
-    start = time.perf_counter()
-    head, log = train_eagle(target, head, data, config, held_out=(held_out, held_features))
-    minutes = (time.perf_counter() - start) / 60
-    save_draft(head, args.out)
-    best = max(log, key=lambda e: e["val_1"])
-    record = {
-        "command": "python -m specdec_lib.training " + " ".join(sys.argv[1:]),
-        "config": asdict(config),
-        "init": Path(args.init).name,  # a folder name: absolute paths differ from machine to machine
-        "corpus": {"sequences": len(data.tokens), "positions": sum(len(t) for t in data.tokens)},
-        "feature_minutes": round(feature_minutes, 1),
-        "train_minutes": round(minutes, 1),
-        "kept_step": best["step"],
-        "log": log,
-    }
-    (Path(args.out) / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"kept step {best['step']}: held-out agreement {best.get('heldout_1', float('nan')):.3f} (1st draft), "
-          f"{best.get('heldout_2', float('nan')):.3f} (2nd) after {minutes:.0f} min -> {args.out}", file=sys.stderr)

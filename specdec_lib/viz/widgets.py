@@ -17,7 +17,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..drafters.prompt_lookup import find_ngram_match, lookup_continuation
-from ..loop.generate import SpecOutput, StepRecord, speculative_generate
+from ..loop.drafter import Drafter, as_drafter
+from ..loop.generate import SpecOutput, StepRecord
+from ..loop.kv_cache import ModelRunner, max_positions
+from ..loop.sampling import Sampler
+from ..loop.step import pick_rule, speculative_step
 
 STYLE = """<style>
 .sd-view{font-family:monospace;line-height:2.0;font-size:13px;overflow-wrap:anywhere}
@@ -90,10 +94,11 @@ def next_token_state(step: StepRecord) -> str:
 
 
 def step_spans(tokenizer: PreTrainedTokenizerBase, step: StepRecord, current: bool, show_rejected: bool) -> list[str]:
-    """The spans of one step: accepted drafts, rejected drafts (optionally), then the correction or bonus."""
-    spans = [token_span(tokenizer, t, "accepted", current) for t in step.draft_tokens[: step.n_accepted]]
-    if show_rejected:
-        spans += [token_span(tokenizer, t, "rejected", current) for t in step.draft_tokens[step.n_accepted :]]
+    """The spans of one step: accepted drafts (a tree's accepted path), rejected drafts (optionally), then the correction or bonus."""
+    spans = [token_span(tokenizer, t, "accepted", current) for t in step.accepted_tokens]
+    if show_rejected:  # every drafted token off the accepted path, in drafting order
+        rejected = [t for i, t in enumerate(step.draft_tokens) if i not in step.path]
+        spans += [token_span(tokenizer, t, "rejected", current) for t in rejected]
     spans.append(token_span(tokenizer, step.next_token, next_token_state(step), current))
     return spans
 
@@ -114,11 +119,36 @@ def step_title(step: StepRecord) -> str:
     if not step.draft_tokens:
         return "nothing drafted (the last token of a run): the target's own token, as in plain decoding"
     end = "the bonus token" if step.bonus else "the target's correction"
+    if not step.tree.is_chain:
+        return (f"accepted a path of {step.n_accepted} of a {len(step.draft_tokens)}-node tree "
+                f"(depth {step.depth}), then {end}")
     return f"accepted {step.n_accepted} of {len(step.draft_tokens)} draft tokens, then {end}"
+
+
+def tree_table_html(tokenizer: PreTrainedTokenizerBase, step: StepRecord) -> str:
+    """A table of one tree step (chapter 09): each node, its parent and depth, and whether it lies on the accepted path."""
+    head = ["node", "parent", "depth", "draft token", "verdict"]
+    rows = []
+    for i, token in enumerate(step.draft_tokens):
+        parent = step.tree.parents[i]
+        if i in step.path:
+            verdict = "accepted (on the path)"
+        elif parent < 0 or parent in step.path:
+            verdict = "rejected (not the target's choice after its parent)"
+        else:
+            verdict = "not checked (its parent was rejected)"
+        rows.append([str(i), "root" if parent < 0 else str(parent), str(step.tree.depths[i]), repr(tokenizer.decode([token])), verdict])
+    label = "bonus token" if step.bonus else "target's correction"
+    rows.append(["", "", str(step.n_accepted + 1), "(none)", f"{label} {tokenizer.decode([step.next_token])!r}"])
+    header = "".join(f"<th {CELL_STYLE}>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td {CELL_STYLE}>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="sd-table"><tr>{header}</tr>{body}</table>'
 
 
 def step_table_html(tokenizer: PreTrainedTokenizerBase, step: StepRecord) -> str:
     """A table of one step: each draft token, what the target made of it, and the verdict."""
+    if step.tree is not None and not step.tree.is_chain:
+        return tree_table_html(tokenizer, step)
     sampling = step.p_draft is not None
     head = ["pos", "draft token"] + (["p(x)", "q(x)", "accept prob min(1, p/q)"] if sampling else ["target's choice"])
     rows = []
@@ -245,7 +275,7 @@ class LiveState:
 class LiveStepper(widgets.VBox):
     """Type a prompt, pick K and a temperature, and run one speculative step per click."""
 
-    def __init__(self, target: PreTrainedModel, draft: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    def __init__(self, target: PreTrainedModel, draft: PreTrainedModel | Drafter, tokenizer: PreTrainedTokenizerBase,
                  prompt: str = "Once upon a time, there was a little", k: int = 4, temperature: float = 0.0, seed: int = 0):
         self.target, self.draft, self.tokenizer, self.seed = target, draft, tokenizer, seed
         self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="600px"))
@@ -263,24 +293,29 @@ class LiveStepper(widgets.VBox):
         self.reset()
 
     def reset(self) -> None:
-        """Start over from the prompt box's text."""
+        """Start over from the prompt box's text, with empty caches."""
         ids = self.tokenizer(self.prompt.value).input_ids
         if not ids:
             raise ValueError("the prompt box is empty: type a prompt, then press reset")
         self.state = LiveState(ids)
         self.generator = torch.Generator(device=self.target.device).manual_seed(self.seed)
+        self.seq = torch.tensor([ids], device=self.target.device)
+        # The same runner and drafter serve every click, so each step feeds only what is new (the loop's caches).
+        self.runner, self.drafter = ModelRunner(self.target), as_drafter(self.draft)
+        self.drafter.start(self.target, self.seq)
         self.render()
 
     def step(self) -> StepRecord:
-        """Run one speculative step with the current K and temperature, and append it."""
-        k = self.k.value
-        ids = torch.tensor([self.state.tokens], device=self.target.device)
-        # max_new_tokens = k + 1 makes speculative_generate run exactly one full step.
-        out = speculative_generate(self.target, self.draft, ids, max_new_tokens=k + 1, k=k,
-                                   temperature=self.temperature.value, generator=self.generator)
-        self.state.steps.append(out.stats.steps[0])
+        """Run one speculative step (`speculative_step`) with the current K and temperature, and append it."""
+        k, limit = self.k.value, max_positions(self.target)
+        if limit is not None and self.seq.shape[1] + k + 1 > limit:
+            raise ValueError(f"the text holds {self.seq.shape[1]} tokens; a step of K = {k} needs {k + 1} more, "
+                             f"past the model's {limit} positions: press reset or lower K")
+        sampler = Sampler(self.temperature.value, generator=self.generator)
+        record, self.seq = speculative_step(self.runner, self.drafter, self.seq, pick_rule("auto", sampler), sampler, k=k)
+        self.state.steps.append(record)
         self.render()
-        return out.stats.steps[0]
+        return record
 
     def render(self) -> None:
         """Show the text so far and, after a step, that step's table."""

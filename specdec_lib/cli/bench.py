@@ -19,11 +19,16 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from ..models import PROMPT_LOOKUP, load_pair, pick_device
+from ..bench.report import chain_runs, device_name, format_report, pooled_alpha_c
+from ..bench.runs import SPEC_CACHED, BenchResult, benchmark, loop_label, loop_methods, sweep_k
+from ..bench.seed_pair import SEED_PAIR_NAME, read_alpha, seed_sized_pair
+from ..bench.theory import optimal_k
+from ..bench.timing import measure_step_costs
+from ..drafters import PROMPT_LOOKUP, Drafter, ModelDrafter, draft_kind, draft_names
+from ..models import load_pair, pick_device
 from ..models.cpu_kernels import fast_on_cpu
+from ..prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, HELDOUT_PROMPTS, as_chat, load_prompts
 from ..testing import tiny_gpt2_pair
-from ..drafters import Drafter, ModelDrafter, PromptLookupDrafter
-from ..training.prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, HELDOUT_PROMPTS, as_chat, load_prompts
 from ..viz.plots import plot_k_sweep
 from .args import (
     device,
@@ -38,11 +43,6 @@ from .args import (
 
 # heldout: the 30 held-out prompts beyond the varied five (never trained on, never tuned on by the chapters)
 PROMPT_SETS = {"varied": DEFAULT_PROMPTS, "grounded": GROUNDED_PROMPTS, "heldout": HELDOUT_PROMPTS[len(DEFAULT_PROMPTS):]}
-from .report import chain_runs, device_name, format_report, pooled_alpha_c
-from .runs import BenchResult, benchmark, loop_label, loop_methods, sweep_k
-from .timing import measure_step_costs
-from .seed_pair import SEED_PAIR_NAME, read_alpha, seed_sized_pair
-from .theory import optimal_k
 
 
 
@@ -50,8 +50,10 @@ def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel | 
     """The pair the command line asks for, on the requested device and dtype."""
     dtype = getattr(torch, args.dtype)
     if args.preset in ("tiny-gpt2", "seed-gpt2") and not args.target:
-        if args.draft not in (None, PROMPT_LOOKUP):
-            raise ValueError(f"--preset {args.preset} brings its own draft; --draft takes only {PROMPT_LOOKUP!r} there")
+        registered = None if args.draft is None else draft_kind(args.draft)
+        if args.draft is not None and not (registered and registered.fits(None)):
+            raise ValueError(f"--preset {args.preset} brings its own draft; --draft takes only a draft that fits any "
+                             f"target there: {draft_names()}")
         device = pick_device(args.device)
         if args.preset == "tiny-gpt2":
             target, draft = (m.to(device, dtype) for m in tiny_gpt2_pair())
@@ -61,8 +63,9 @@ def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel | 
         else:
             (target, draft), name = seed_sized_pair(device, dtype, args.cpu_kernels), SEED_PAIR_NAME
             target_name = "seed-sized random GPT-2 target (24x1024, gpt2-medium's shape)"
-        if args.draft == PROMPT_LOOKUP:
-            draft, name = PromptLookupDrafter(), f"{target_name} + prompt lookup"
+        if registered is not None:
+            draft = registered.build(target)
+            name = f"{target_name} + {registered.label(draft)}"
         return target, draft, None, name
     pair = load_pair(None if args.target else args.preset, target=args.target, draft=args.draft,
                      device=args.device, dtype=dtype, cpu_kernels=args.cpu_kernels)
@@ -82,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--target", help="hub name or path of a target model (with --draft)")
     parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default), eagle (its EAGLE head, chapter 08), a folder written by "
                         "`python -m specdec_lib.training train|eagle`, or a stand-in such as "
-                        "int8; 'prompt-lookup' (any preset or --target): no draft model, n-gram lookup in the text")
+                        "int8; 'prompt-lookup' (any preset or --target): no draft model, n-gram lookup in the text; "
+                        "or any name registered with specdec_lib.drafters.register_draft")
     parser.add_argument("--confidence-threshold", type=probability, default=None,
                         help="the draft model stops drafting after a token it gives less than this probability "
                         "(transformers' default 0.4); --k is then the maximum")
@@ -121,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     _loop_flags(parser, "the loop and the target-only run it is compared with")
     args = parser.parse_args(argv)
     _check_loop_flags(parser, args)
-    if args.tree and args.cache == "static":
-        parser.error("--tree gathers the accepted path in a dynamic cache: drop --cache static for tree runs")
+    if args.tree and args.compile:
+        parser.error("--tree runs eagerly (its 4D masks change shape every step): drop --compile for tree runs")
     if args.tree and (args.temperature > 0 or args.alpha is not None or args.draft == PROMPT_LOOKUP):
         parser.error("--tree verifies greedily with a draft model: it needs --temperature 0, no --alpha and a draft model")
     if args.tree and (args.confidence_threshold is not None or args.schedule != "constant" or args.cost_aware):
