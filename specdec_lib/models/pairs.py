@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers import modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
-from ..drafters import PROMPT_LOOKUP, Drafter, EagleDrafter, check_same_vocab, draft_kind, draft_names, register_draft
+from ..drafters import Drafter, EagleDrafter, as_drafter, check_same_vocab, draft_kind, draft_names, register_draft
 from .cpu_kernels import fast_on_cpu
 from .draft_model import CONFIG_FILE, draft_summary, load_draft
 from .eagle_head import EagleHead, load_eagle
@@ -259,7 +259,7 @@ def _with_kernels(pair: ModelPair, cpu_kernels: bool) -> ModelPair:
     """With cpu_kernels, let both models verify several positions at the cost of about one on a CPU."""
     if cpu_kernels:
         # A draft model itself, or a drafter's own model (EAGLE's head); prompt lookup has none.
-        draft = pair.draft if isinstance(pair.draft, torch.nn.Module) else pair.draft.model
+        draft = as_drafter(pair.draft).model
         fast_on_cpu(*(m for m in (pair.target, draft) if isinstance(m, torch.nn.Module)))
     return pair
 
@@ -284,8 +284,7 @@ def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[P
         return draft, registered.label(draft)
     if is_saved_draft(kind):
         return saved_draft(target, Path(kind))
-    draft = stand_in_draft(target, kind)
-    return draft, _stand_in_label(kind)
+    return _checked_stand_in(target, kind), _stand_in_label(kind)
 
 
 def _stand_in_label(kind: str) -> str:
