@@ -9,6 +9,7 @@ its own ancestors only, exactly what it would see in a chain (SpecInfer, Medusa,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
@@ -51,6 +52,7 @@ class TokenTree:
         return cls(tuple(parents))
 
     @classmethod
+    @functools.lru_cache(maxsize=None)  # one shared tree per length: every chain step reuses it and its depths
     def chain(cls, k: int) -> "TokenTree":
         """A chain of k drafts as a tree of width 1: node i's parent is node i - 1."""
         return cls(tuple(range(-1, k - 1)))

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm, trange
 from transformers import PreTrainedModel
 
+from ..bench.runs import draft_model
 from ..bench.timing import measure_cost_ratio
 from ..drafters import EagleDrafter
 from ..loop.drafter import Drafter
@@ -119,7 +120,7 @@ def score_draft(target: PreTrainedModel, draft: PreTrainedModel | Drafter, held_
 
     An EAGLE head scores its step's 1st draft, which reads the target's true features.
     """
-    model = draft if isinstance(draft, torch.nn.Module) else draft.model
+    model = draft_model(draft)
     if model is None:
         raise ValueError(f"{type(draft).__name__} runs no model: there is no agreement or c to score")
     use_small_batch_linear(model)
