@@ -39,10 +39,11 @@ lab: install
 	$(VENV)/bin/jupyter lab $(LAB_ARGS) notebooks/
 
 # Every unit test, slow and compile tiers included, one single-threaded worker per core; then the
-# notebooks one after another (each cell runs in order in one kernel).
+# notebooks, one single-threaded kernel per core (--dist loadfile: a notebook's cells run in order,
+# in one kernel; two notebooks at once beat one notebook on two threads).
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -n $(UNIT_WORKERS) $(PYTEST_ARGS)
-	$(PY) -m pytest notebooks $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest notebooks -n $(UNIT_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fast tier: every property on a representative subset (the long grids, chi-square runs and
 # compiles are marked slow/compile and run in `make test`), one single-threaded worker per core:

@@ -7,7 +7,8 @@
 #   3. chapter 10: both pairs again with the static cache and compiled steps (K sweep), and `bench compare`
 #      on the embedded pair at COMPARE_K: target only and our loop, eager dynamic / static / static+compiled,
 #      next to HF assisted generation (it has no static cache), all in one process;
-#   4. every notebook under nbval with SPECDEC_DEVICE set to the device, so that they are checked there too
+#   4. chapter 11: the batch-size sweep (plain, fixed K, cost-aware) on the embedded pair;
+#   5. every notebook under nbval with SPECDEC_DEVICE set to the device, so that they are checked there too
 #      (its log goes to OUTDIR/${prefix}_notebooks.log; NOTEBOOKS=0 skips it, NBVAL_ARGS adds pytest flags).
 #
 #   scripts/gpu_results.sh [OUTDIR]        on a CUDA machine with the environment (default OUTDIR docs/results)
@@ -16,7 +17,7 @@
 #   TREES ("2,2,1,1 4,2,1,1 8,4,2,1", space-separated), COMPARE_K (4), COMPILE (1; QUICK makes it 0: compiling
 #   SmolLM2 takes minutes on a CPU, so the dry run takes the static paths eagerly and tests/test_static_cache.py
 #   covers compiling), QUICK (small runs; chapter 10's two static sweeps are left out, compare stays),
-#   NOTEBOOKS (1), NBVAL_ARGS.
+#   BATCHES (1,2,4,8,16,32), NOTEBOOKS (1), NBVAL_ARGS.
 set -euo pipefail
 out=${1:-docs/results}
 py=${PYTHON:-python3}
@@ -53,6 +54,12 @@ if [[ -z ${QUICK:-} ]]; then  # the two sweeps above, static (and compiled): abo
 fi
 "$py" -m specdec_lib.bench compare --pair smollm2 --device "$device" --dtype "$dtype" --k "$compare_k" \
     "${compare_size[@]}" "${loop[@]}" --out "$out/${prefix}_smollm2_compare.json"
+# Chapter 11: throughput against batch size (a GPU has idle arithmetic at small B; where does it run out?).
+batches=${BATCHES:-1,2,4,8,16,32}
+batch_size=(--prompt-set heldout --max-new-tokens 64 --repeats 3)
+[[ -n ${QUICK:-} ]] && { batches=1,2; batch_size=(--num-prompts 2 --max-new-tokens 8 --repeats 1); }
+"$py" -m specdec_lib.bench --preset smollm2 --device "$device" --dtype "$dtype" --batch "$batches" "${batch_size[@]}" \
+    --out "$out/${prefix}_batch.json" --plot "$out/${prefix}_batch.png"
 if [[ ${NOTEBOOKS:-1} == 1 ]]; then
     # -o addopts= drops pyproject's options, so that the run's own flags are the whole story.
     SPECDEC_DEVICE="$device" "$py" -m pytest -o addopts= -p no:cacheprovider --nbval-lax --nbval-current-env \

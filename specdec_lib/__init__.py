@@ -2,11 +2,12 @@
 
 Bottom to top (a room imports only rooms below it; tests/test_layering.py checks it):
 - loop: one speculative step (`speculative_step`) and the loop over it, the acceptance rules, the
-  Drafter protocol, KV caches behind one interface, token trees (09), static caches and compiled steps (10)
+  Drafter protocol, KV caches behind one interface, token trees (09), static caches and compiled steps (10),
+  left-padded batches with ragged acceptance (11)
 - drafters: whatever proposes tokens, one kind per file, and the registry of drafts by name
 - models: load_pair and the presets, the draft networks (RestrictedVocabLlama, EagleHead), cpu_kernels
 - prompts: the prompt sets (varied, grounded, held-out, training)
-- bench: c and verification costs, the speedup theory, benchmark runs and reports (chapters 04-05)
+- bench: c and verification costs, the speedup theory, benchmark runs and reports (chapters 04-05), batch sweeps (11)
 - training: the distillation corpus, draft and EAGLE training, evaluation (chapters 06, 08)
 - viz: widgets and plots
 - testing: fixtures for the tests (tiny random models, a toy tokenizer)

@@ -18,6 +18,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from .loop.batch import left_pad  # noqa: F401  (the tests build their batches with it)
 from .loop.sampling import logits_to_probs
 
 
@@ -94,6 +95,17 @@ def tiny_pair(
 def tiny_gpt2_pair(noise: float = 0.02) -> tuple[PreTrainedModel, PreTrainedModel]:
     """The benchmark's tiny GPT-2-style pair: 4 layers, 256 wide, 1024 positions, and a noisy copy as draft."""
     return tiny_pair("gpt2", noise=noise, vocab_size=512, n_layer=4, hidden=256, max_positions=1024)
+
+
+@torch.no_grad()
+def first_difference(target: PreTrainedModel, prompt: torch.Tensor, ref: torch.Tensor, got: torch.Tensor) -> tuple[int, float]:
+    """Where two greedy continuations of `prompt` first differ, and the gap between the target's logits of the two tokens there.
+
+    A gap near 0 is a near tie: float rounding (a batched matrix product) can flip such an argmax.
+    """
+    index = int((ref != got).nonzero()[0])
+    logits = target(torch.cat([prompt.view(-1), ref[:index]])[None]).logits[0, -1]
+    return index, float((logits[ref[index]] - logits[got[index]]).abs())
 
 
 class ToyTokenizer:

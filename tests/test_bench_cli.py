@@ -257,3 +257,29 @@ def test_tree_step_plot_highlights_the_path_and_draws_the_mask():
     image = right.images[0].get_array()
     assert image.shape == (tree.size, 3 + tree.size)
     assert (image == allowed_attention(tree, 3, tree.size, 3 + tree.size).numpy()).all()
+
+
+def test_cli_batch_sweep_writes_json_and_plot(tmp_path, capsys):
+    out, plot = tmp_path / "b.json", tmp_path / "b.png"
+    report = main(["--preset", "tiny-gpt2", "--batch", "1,3", "--max-new-tokens", "6", "--num-prompts", "2",
+                   "--repeats", "1", "--out", str(out), "--plot", str(plot)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report)) and saved["ks"] == [1, 2] and saved["batch_sizes"] == [1, 3]
+    methods = {r["method"] for r in saved["runs"]}
+    assert methods == {"target only (ours)", "target only (transformers generate)", "speculative, K = 1",
+                       "speculative, K = 2", "cost-aware"}
+    for r in saved["runs"]:
+        assert r["tokens_per_s"] > 0 and r["matches_target"] is True
+        if r["method"] == "target only (ours)":
+            assert r["speedup"] == 1.0
+    aware = [r for r in saved["runs"] if r["method"] == "cost-aware"]
+    assert all(a["step_costs"]["verify"]["1"] == 1.0 for a in aware)
+    assert plot.stat().st_size > 10_000
+    assert "crossover" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", [["--tree", "2,1"], ["--alpha", "0.5"], ["--temperature", "1.0"], ["--cost-aware"]])
+def test_cli_batch_refuses_flags_it_does_not_sweep(flag, capsys):
+    with pytest.raises(SystemExit):
+        main(["--preset", "tiny-gpt2", "--batch", "1,2", *flag])
+    assert "--batch" in capsys.readouterr().err

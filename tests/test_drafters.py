@@ -115,6 +115,24 @@ def test_step_costs_extrapolate_and_decide():
     assert free.pays(3.0, 1e-6, 5, 6)
 
 
+def test_monotone_fit_never_goes_down_and_break_even_is_never_negative():
+    raw = {1: 1.0, 2: 1.3, 3: 1.9, 4: 1.6, 5: 0.9, 6: 2.4}  # noisy: dips at 4 and 5
+    costs = StepCosts.monotone(raw, draft=0.1)
+    fitted = [costs.verify[n] for n in sorted(raw)]
+    assert fitted[0] == 1.0 and all(a <= b for a, b in zip(fitted, fitted[1:]))
+    assert costs.measured == raw and fitted[5] == 2.4 and fitted[1] == 1.3
+    assert fitted[2] == fitted[3] == fitted[4] == pytest.approx((1.9 + 1.6 + 0.9) / 3)
+    assert all(costs.break_even(d) >= 0 for d in range(1, 8))
+    raw_costs = StepCosts(raw, draft=0.1)
+    assert min(raw_costs.break_even(d) for d in range(1, 6)) < 0  # what the raw timings would have said
+
+
+def test_worth_a_call_skips_draft_calls_that_cannot_pay():
+    dear = StepCosts({1: 1.0, 2: 1.9}, draft=0.3)  # a CPU at a big batch: 2 tokens per row cost nearly 2 steps
+    assert not dear.worth_a_call(1.0, 1.0, 0, 0)  # even a certain draft loses: (1 + 1) / (1.9 + 0.3) < 1
+    assert StepCosts({1: 1.0, 2: 1.1}, draft=0.1).worth_a_call(1.0, 1.0, 0, 0)
+
+
 FLAT = StepCosts({1: 1.0, 2: 1.0}, draft=0.0)  # never stops anything: the threshold alone decides
 CLIFF = StepCosts({1: 1.0, 2: 1.0, 3: 1.0, 4: 10.0}, draft=0.0)  # a 3rd draft never pays
 CPU_LIKE = StepCosts({1: 1.0, 2: 1.05, 3: 1.1, 4: 1.5, 5: 1.6, 6: 1.7}, draft=0.1)  # this course's CPU, roughly
@@ -126,16 +144,19 @@ CPU_LIKE = StepCosts({1: 1.0, 2: 1.05, 3: 1.1, 4: 1.5, 5: 1.6, 6: 1.7}, draft=0.
 def test_cost_aware_draft_equals_target_greedy(arch, threshold, costs):
     """Stopping before a draft that does not pay leaves the output the target's, and really shortens chains."""
     target, draft = cached_pair(arch, "medium")
-    dropped, lengths = 0, set()
+    dropped, lengths, drafted, drafted_without = 0, set(), 0, 0
     for p, ref in zip(prompts(), hf_greedy(arch)):
         out = speculative_generate(target, ModelDrafter(draft, confidence_threshold=threshold, costs=costs), p,
                                    max_new_tokens=NEW, k=8)
         assert torch.equal(out.sequences, ref), f"prompt length {p.shape[1]}"
         dropped += out.stats.draft_calls - sum(out.stats.proposed)  # a draft computed, then judged not worth verifying
         lengths |= set(out.stats.proposed[:-1])
-    assert dropped > 0 and len(lengths) > 1
-    if costs is CLIFF:
-        assert max(lengths) <= 2
+        drafted += sum(out.stats.proposed)
+        without = speculative_generate(target, ModelDrafter(draft, confidence_threshold=threshold), p, max_new_tokens=NEW, k=8)
+        drafted_without += sum(without.stats.proposed)
+    assert len(lengths) > 1 and drafted < drafted_without  # the costs really shortened chains
+    if costs is CLIFF:  # a 3rd draft can never pay, so its call is never made (StepCosts.worth_a_call)
+        assert max(lengths) <= 2 and dropped == 0
 
 
 def test_flat_costs_change_nothing():
@@ -274,3 +295,23 @@ def test_drafters_can_receive_the_targets_hidden_states(use_cache):
         assert first == (0 if not use_cache or i == 0 else length - 1)
         assert hidden_shape == (length - first + proposed, target.config.hidden_size)  # fed tokens + drafts
         assert n_logits == proposed + 1
+
+
+def test_best_length_maximises_goodput_down_to_a_plain_step():
+    cpu = StepCosts({1: 1.0, 2: 1.6, 3: 1.8}, draft=0.1)  # this CPU at batch 1 with its small-batch kernels
+    assert cpu.best_length(0.3, 2) == 0  # 1.3 tokens for 1.7 units loses to 1 token for 1
+    assert cpu.best_length(0.9, 2) == 2
+    cheap = StepCosts({1: 1.0, 2: 1.0, 3: 1.08}, draft=0.09)
+    assert cheap.best_length(0.3, 2) == 1 and cheap.goodput(0.3, 1) == pytest.approx(1.3 / 1.09)
+    assert cheap.goodput(0.0, 0) == 1.0 and cheap.goodput(1.0, 2) == pytest.approx(3 / (1.08 + 0.18))
+
+
+def test_cost_aware_plan_makes_no_draft_call_where_the_seen_rate_cannot_pay():
+    target, draft = cached_pair("llama", "low")  # a useless draft: what it sees soon says "don't"
+    costs = StepCosts({1: 1.0, 2: 1.1, 3: 1.3}, draft=0.2)  # a first draft pays at alpha 0.5, not below 0.3
+    out = speculative_generate(target, ModelDrafter(draft, costs=costs), prompts()[5], max_new_tokens=NEW, k=2)
+    p = prompts()[5]
+    assert torch.equal(out.sequences, target.generate(p, attention_mask=torch.ones_like(p), do_sample=False, max_new_tokens=NEW))
+    steps = out.stats.proposed
+    assert steps[0] > 0 and steps[-1] == 0  # it tried, saw the draft fail, and stopped drafting
+    assert out.stats.draft_calls < 2 * len(steps)

@@ -175,5 +175,7 @@ def test_gpu_results_script_dry_run(tmp_path):
     compare = json.loads((tmp_path / "quick_cpu_smollm2_compare.json").read_text())
     assert {"target only (static cache)", "speculative (static cache)", "HF assisted generation"} <= set(compare["methods"])
     assert compare["methods"]["speculative (static cache)"]["outputs_match_target"]
+    batch = json.loads((tmp_path / "quick_cpu_batch.json").read_text())
+    assert batch["batch_sizes"] == [1, 2] and all(r["matches_target"] for r in batch["runs"])
     log = (tmp_path / "quick_cpu_notebooks.log").read_text()
     assert all(f"{name}.ipynb" in log for name in ("01_single_step", "06_train_your_own_draft")), log[-2000:]

@@ -42,7 +42,6 @@ def test_bad_arguments(pair, kwargs, match):
     [
         (torch.zeros(1, 0, dtype=torch.long), "empty"),
         (torch.tensor([], dtype=torch.long), "empty"),
-        (torch.tensor([[1, 2], [3, 4]]), "batch"),
         (torch.tensor([[[1, 2]]]), "shape"),
         (torch.tensor([[1, 64]]), "vocabulary"),
         (torch.tensor([[-1, 2]]), "vocabulary"),

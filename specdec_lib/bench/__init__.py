@@ -1,8 +1,9 @@
-"""Benchmarking: how fast, and why. Chapters 04-05.
+"""Benchmarking: how fast, and why. Chapters 04-05 (and 11 for batches).
 
 - timing: the one timer (synchronised on CUDA, calls interleaved), c and verification costs (`measure_step_costs`)
 - theory: the speedup formula of Leviathan et al. (tokens per step, speedup, best K, alpha)
 - runs: benchmark (four decoding methods timed round-robin) and sweep_k
+- batch_sweep: throughput and speedup against batch size, the crossover (chapter 11)
 - report: tables and the device's name; its command line, `python -m specdec_lib.bench [compare]`, is specdec_lib.cli.bench
 - seed_pair: the seed's sizes with random weights, timed under an imposed acceptance rate
 """

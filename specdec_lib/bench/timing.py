@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..drafters.model import StepCosts
+from ..loop.batch import BatchRunner, Rows
 from ..loop.kv_cache import CacheSpec, ModelRunner
 from ..loop.timer import median_seconds, stopwatch, sync_device
 
@@ -79,10 +80,34 @@ def verify_cost_ratios(
 
 
 def measure_step_costs(
-    target: PreTrainedModel, draft: PreTrainedModel, prefix: torch.Tensor, k: int, n_calls: int = 10
+    target: PreTrainedModel, draft: PreTrainedModel, prefix: torch.Tensor, k: int, n_calls: int = 10,
+    attention_mask: torch.Tensor | None = None,
 ) -> StepCosts:
-    """This machine's `StepCosts` for drafting up to k tokens: verifying 1..k+1 new tokens, and c (chapter 07)."""
+    """This machine's `StepCosts` for drafting up to k tokens: verifying 1..k+1 new tokens, and c (chapter 07), fitted monotone.
+
+    A batch `prefix` (B, n) with its `attention_mask` (chapter 11) measures them at that batch size:
+    a call over B x n new tokens in units of one plain batched step, and one batched draft call.
+    """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    verify = verify_cost_ratios(target, prefix, n_new=range(1, k + 2), n_calls=n_calls)
-    return StepCosts(verify=verify, draft=measure_cost_ratio(target, draft, prefix.view(1, -1), n_calls=n_calls))
+    if attention_mask is None and prefix.view(-1, prefix.shape[-1]).shape[0] == 1:
+        verify = verify_cost_ratios(target, prefix, n_new=range(1, k + 2), n_calls=n_calls)
+        return StepCosts.monotone(verify, measure_cost_ratio(target, draft, prefix.view(1, -1), n_calls=n_calls))
+    rows = Rows.from_padded(prefix, torch.ones_like(prefix) if attention_mask is None else attention_mask)
+    calls = {n: _batch_call(target, rows, n) for n in range(1, k + 2)} | {"draft": _batch_call(draft, rows, 1)}
+    median = median_seconds(calls, target.device, repeats=n_calls, warmup=2)
+    return StepCosts.monotone({n: median[n] / median[1] for n in range(1, k + 2)}, median["draft"] / median[1])
+
+
+def _batch_call(model: PreTrainedModel, rows: Rows, n_new: int) -> Callable[[], None]:
+    """A function making one batched cached call over n_new new tokens per row after `rows`, at fixed cache lengths."""
+    runner = BatchRunner(model, CacheSpec())
+    runner.forward(rows)  # fill the cache
+    extra = rows.last(1).repeat(1, n_new)
+    lengths = list(runner.kv.lengths)
+
+    def call() -> None:
+        runner.forward(rows, extra, keep=n_new)
+        runner.kv.keep(lengths)  # same cache lengths every call
+
+    return call

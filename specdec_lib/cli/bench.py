@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel
 
+from ..bench.batch_sweep import crossover, format_batch_sweep, sweep_batch
 from ..bench.report import chain_runs, device_name, format_report, pooled_alpha_c
 from ..bench.runs import SPEC_CACHED, BenchResult, benchmark, loop_label, loop_methods, sweep_k
 from ..bench.seed_pair import SEED_PAIR_NAME, read_alpha, seed_sized_pair
@@ -29,7 +30,7 @@ from ..models import load_pair, pick_device
 from ..models.cpu_kernels import fast_on_cpu
 from ..prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, HELDOUT_PROMPTS, as_chat, load_prompts
 from ..testing import tiny_gpt2_pair
-from ..viz.plots import plot_k_sweep
+from ..viz.plots import plot_batch_sweep, plot_k_sweep
 from .args import (
     device,
     existing_file,
@@ -96,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--schedule", choices=["constant", "heuristic"], default="constant",
                         help="heuristic: the draft length grows by 2 after a fully accepted step, shrinks by 1 otherwise")
     parser.add_argument("--k", type=positive_int_list, default=[1, 2, 4, 6, 8], help="comma-separated, e.g. 1,2,4,8")
+    parser.add_argument("--batch", type=positive_int_list, default=None,
+                        help="sweep batch sizes instead of K, e.g. 1,2,4,8,16 (chapter 11): target-only (ours and "
+                        "transformers' generate), speculative at each --k (default 1,2) and the cost-aware draft, "
+                        "on left-padded batches of the prompts")
     parser.add_argument("--tree", type=positive_int_list, action="append", default=[],
                         help="also time a token tree with these branching factors per depth, e.g. 2,2,1,1 "
                         "(chapter 09; greedy, draft models only; repeat the flag for several trees)")
@@ -131,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         parser.error("--tree verifies greedily with a draft model: it needs --temperature 0, no --alpha and a draft model")
     if args.tree and (args.confidence_threshold is not None or args.schedule != "constant" or args.cost_aware):
         parser.error("--confidence-threshold, --schedule and --cost-aware shape chains of drafts; a --tree has a fixed shape")
+    if args.batch:
+        clash = [flag for flag, on in (("--tree", args.tree), ("--alpha", args.alpha is not None), ("--hf", args.hf),
+                                      ("--compile", args.compile), ("--temperature", args.temperature > 0),
+                                      ("--confidence-threshold", args.confidence_threshold is not None),
+                                      ("--schedule", args.schedule != "constant"), ("--cost-aware", args.cost_aware)) if on]
+        if clash:
+            parser.error(f"--batch sweeps greedy chains of fixed K against the cost-aware draft (always included); "
+                         f"drop {', '.join(clash)}")
     imposed, alpha_source = None, None
     if args.alpha is not None:
         with library_errors_to_usage(parser, "--alpha"):
@@ -171,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         prompts = [tokenizer(as_chat(tokenizer, t) if chat else t, return_tensors="pt").input_ids for t in texts]
     if chat:
         name += "\nprompts in the chat template, each run stopping at the end of the reply"
+    if args.batch:
+        return batch_report(args, target, draft, prompts, texts, name, eos, tokenizer, explicit_k="--k" in argv)
     if args.cost_aware:  # measured now, on the first prompt, so that no timed run pays for it
         draft.costs = costs = measure_step_costs(target, model, prompts[0].to(target.device), max(args.k))
         print("step costs in single-token target calls: verify", {n: round(v, 3) for n, v in costs.verify.items()},
@@ -200,6 +215,30 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     if args.plot:
         loop = "" if (args.cache, args.compile) == ("dynamic", False) else f"\n{loop_label(args.cache, args.compile)}"
         plot_k_sweep(runs, alpha, c, title=f"{name} ({device_name(target.device)}){loop}").savefig(args.plot, dpi=120)
+        print("wrote", args.plot)
+    return report
+
+
+def batch_report(args: argparse.Namespace, target: PreTrainedModel, draft, prompts: list, texts: list, name: str,
+                 eos: int | None, tokenizer, explicit_k: bool) -> dict:
+    """`--batch`: the batch-size sweep of chapter 11, printed, and written as JSON and a plot when asked."""
+    ks = args.k if explicit_k else [1, 2]
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    pad = pad if pad is not None else (eos if eos is not None else 0)
+    print(f"{name}\ndevice {target.device}, {args.dtype}, batch sizes {args.batch}, K {ks}, "
+          f"{args.max_new_tokens} new tokens per row, median of {args.repeats} repeats")
+    results = sweep_batch(target, draft, [p.view(-1) for p in prompts], args.batch, ks=ks, max_new_tokens=args.max_new_tokens,
+                          repeats=args.repeats, cost_aware=isinstance(draft, torch.nn.Module), eos_token_id=eos, pad_token_id=pad)
+    report = {"pair": name, "device": str(target.device), "device_name": device_name(target.device), "dtype": args.dtype,
+              "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "ks": ks, "batch_sizes": args.batch,
+              "prompts": texts, "prompt_set": None if args.prompts else args.prompt_set, "chat": eos is not None,
+              "crossover": crossover(results), "runs": results}
+    print(format_batch_sweep(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print("wrote", args.out)
+    if args.plot:
+        plot_batch_sweep(report).savefig(args.plot, dpi=120)
         print("wrote", args.plot)
     return report
 

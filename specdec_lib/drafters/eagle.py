@@ -11,12 +11,13 @@ draft's guesses, and they come free: the verification call computed them anyway.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..loop.batch import BatchKV, BatchProposal, BatchVerified, Rows, batch_cache, realign
 from ..loop.drafter import DrafterBase, Proposal, Verified
 from ..loop.kv_cache import CacheSpec, DynamicKV, croppable_cache, max_positions
 from ..loop.sampling import Sampler
@@ -29,8 +30,9 @@ class FeatureHead(Protocol):
 
     config: object
 
-    def features_forward(self, features: torch.Tensor, tokens: torch.Tensor, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (B, n, d) at positions j and tokens (B, n) at j + 1 -> (predicted features at j + 1, its logits)."""
+    def features_forward(self, features: torch.Tensor, tokens: torch.Tensor, cache=None, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (B, n, d) at positions j and tokens (B, n) at j + 1 -> (predicted features at j + 1, its logits);
+        `inputs`: a batch's attention_mask and position_ids."""
 
     def full_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The head's logits over the target's whole vocabulary."""
@@ -97,3 +99,79 @@ class EagleDrafter(DrafterBase):
         # Features of rejected drafts are cut off; the newest token has no feature until it is fed.
         self.features = torch.cat([self.features[: verified.first_position], hidden])[: seq.shape[1] - 1]
         self.kv.rollback(min(self.trusted, self.kv.length))
+
+    # Chapter 11: the same drafting for every row of a batch. Head entry j holds (feature j, token j + 1),
+    # so a row of length L needs entries 0 .. L - 2; features and entries are right-aligned like the rows.
+
+    def start_batch(self, target: PreTrainedModel, rows: Rows, *, cache: CacheSpec = CacheSpec()) -> None:
+        """Check the head fits the target; no features yet and an empty batch cache for the head."""
+        self.start(target, rows.tokens[:1], cache=cache)
+        self.batch_kv = BatchKV(batch_cache(self.model, CacheSpec()))
+        self.batch_features: torch.Tensor | None = None  # (B, F, d): row b's last feature_counts[b] columns
+        self.feature_counts = [0] * rows.size
+        self.trusted_rows = [0] * rows.size
+
+    @torch.inference_mode()
+    def propose_batch(self, rows: Rows, k: int, sampler: Sampler) -> BatchProposal:
+        """Up to k drafts per row: feed every row's accepted tokens with their true features, then the head's own guesses."""
+        limit = max_positions(self.model)
+        if limit is not None:
+            k = max(0, min(k, limit - max(rows.lengths) + 1))
+        if k == 0 or self.batch_features is None or min(rows.lengths) < 2:
+            return BatchProposal.ragged([rows.tokens.new_empty(0)] * rows.size, rows.pad, rows.tokens.device)
+        kv, device = self.batch_kv, self.model.device
+        held = kv.lengths or [0] * rows.size
+        behind = max(n - 1 - h for n, h in zip(rows.lengths, held))  # entries each row still needs, the most of any
+        kv.keep([n - 1 - behind for n in rows.lengths] if min(rows.lengths) - 1 >= behind else [0] * rows.size)
+        behind = max(n - 1 - h for n, h in zip(rows.lengths, kv.lengths))
+        features = self.batch_features[:, self.batch_features.shape[1] - behind:]
+        tokens_in = rows.last(behind).to(device)
+        real = [min(behind, n - 1) for n in rows.lengths]
+        self.trusted_rows = [n - 1 for n in rows.lengths]
+        tokens, probs = [], []
+        for _ in range(k):
+            mask, positions = kv.inputs(tokens_in.shape[1], real, device)
+            predicted, sub = self.model.features_forward(features, tokens_in, kv.cache, attention_mask=mask,
+                                                         position_ids=positions)
+            kv.fed(tokens_in.shape[1], real)
+            self.calls += 1
+            token, q = sampler.choose(self.model.full_logits(sub[:, -1]))
+            tokens.append(token)
+            probs.append(q)
+            features, tokens_in, real = predicted[:, -1:], token.view(-1, 1), [1] * rows.size
+        drafted = torch.stack(tokens, dim=1).to(rows.tokens.device)
+        return BatchProposal(drafted, [k] * rows.size, None if sampler.greedy else torch.stack(probs, dim=1))
+
+    def update_batch(self, rows: Rows, records: Sequence[StepRecord], verified: BatchVerified) -> None:
+        """Keep each row's true features up to its newest token; drop head entries built on guesses."""
+        if verified.hidden is None:
+            raise ValueError("EagleDrafter needs the target's hidden states; the loop passes them when needs_hidden_states is True")
+        hidden = verified.hidden.to(self.model.device, self.model.dtype)
+        fed, m = hidden.shape[1], verified.logits.shape[1] - 1
+        # Row b's last fed column is position lengths_before[b] - 1 + m; it needs features up to position L_b - 2.
+        first = [f - (before + m) + fed for f, before in zip(self.feature_counts, verified.lengths_before)]
+        wanted = [n - 1 for n in rows.lengths]
+        if self.batch_features is None or not any(self.feature_counts):  # the prefill: every feature is new
+            self.batch_features = realign(hidden, 1, first, wanted)
+        else:  # each row's missing features start at the first column fed
+            if any(first):
+                raise ValueError("the target fed more than each row's newest token and drafts; features would not line up")
+            joined = torch.cat([self.batch_features, hidden], dim=1)
+            width = self.batch_features.shape[1]
+            self.batch_features = realign(joined, 1, [width - f for f in self.feature_counts], wanted)
+        self.feature_counts = wanted
+        if self.batch_kv.lengths is not None:
+            self.batch_kv.keep([min(h, t) for h, t in zip(self.batch_kv.lengths, self.trusted_rows)])
+
+    def select_rows(self, rows: Sequence[int]) -> None:
+        """Only these rows go on."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.model.device)
+        if self.batch_features is not None:
+            counts = [self.feature_counts[b] for b in rows]
+            kept = self.batch_features.index_select(0, index)
+            width = kept.shape[1]
+            self.batch_features = realign(kept, 1, [width - f for f in counts], counts)
+            self.feature_counts = counts
+        self.trusted_rows = [self.trusted_rows[b] for b in rows]
+        if self.batch_kv.lengths is not None:
+            self.batch_kv.select(rows)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from ..loop.batch import BatchProposal, BatchRunner, BatchVerified, Rows
 from ..loop.drafter import Counterpart, DrafterBase, Proposal, Verified, register_adapter
 from ..loop.kv_cache import CacheSpec, ModelRunner, max_positions
 from ..loop.sampling import Sampler
@@ -39,6 +40,7 @@ def check_same_vocab(
 
 
 SCHEDULES = ("constant", "heuristic")
+PRIOR_SEEN = (1, 1)  # a run starts as if one draft had passed and one failed: alpha 0.5, so it tries drafting first
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,34 @@ class StepCosts:
     - ``verify[n]``: one target call over n new tokens (n - 1 drafts and the token before them), as
       `specdec_lib.bench.timing.verify_cost_ratios` measures it; ``verify[1]`` is 1.0 by definition.
     - ``draft``: one draft call, c (`measure_cost_ratio`).
-    Counts above the largest measured n continue the last measured slope.
+    Counts above the largest measured n continue the last measured slope. For a batch (chapter 11)
+    the unit is one plain batched step, and n counts new tokens per row.
+    Raw timings are noisy and can dip as tokens are added; `StepCosts.monotone` fits them first.
     """
 
     verify: Mapping[int, float]
     draft: float
+    measured: Mapping[int, float] | None = field(default=None, compare=False)  # the raw timings a fit came from
+
+    @classmethod
+    def monotone(cls, verify: Mapping[int, float], draft: float) -> "StepCosts":
+        """Costs fitted so they never go down as tokens are added (isotonic regression, verify[1] = 1 kept), raw kept in `measured`."""
+        counts = sorted(verify)
+        # Pool adjacent violators: merge neighbours whose means decrease, weighting the fixed 1.0 of n = 1 heavily.
+        blocks: list[list[float]] = []  # [mean, weight, size]
+        for n in counts:
+            blocks.append([float(verify[n]), 1e9 if n == 1 else 1.0, 1])
+            while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+                (m1, w1, s1), (m2, w2, s2) = blocks[-2], blocks.pop()
+                blocks[-1] = [(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, s1 + s2]
+        fitted = [max(mean, 1.0) for mean, _, size in blocks for _ in range(size)]
+        fitted[0] = 1.0
+        return cls(dict(zip(counts, fitted)), draft, measured=dict(verify))
+
+    def break_even(self, d: int) -> float:
+        """The chance draft d must have of passing to pay for itself, when drafts 1 .. d - 1 are certain; above 1: never."""
+        now = self.verify_cost(d) + d * self.draft
+        return d * ((self.verify_cost(d + 1) + d * self.draft) / now - 1)
 
     def __post_init__(self) -> None:
         counts = sorted(self.verify)
@@ -80,6 +105,25 @@ class StepCosts:
         more = self.verify_cost(n_drafts + 2) + draft_calls * self.draft
         return (expected + chance) / more >= expected / now
 
+    def goodput(self, alpha: float, k: int) -> float:
+        """Expected tokens per unit of cost of a step drafting k tokens that each pass with chance alpha (SmartSpec's goodput)."""
+        tokens = k + 1.0 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+        return tokens / (self.verify_cost(k + 1) + k * self.draft)
+
+    def best_length(self, alpha: float, k_max: int) -> int:
+        """The draft length from 0 (a plain step) to k_max with the most goodput at acceptance rate alpha (the shorter on a tie)."""
+        return max(range(k_max + 1), key=lambda k: (self.goodput(alpha, k), -k))
+
+    def worth_a_call(self, expected: float, chance: float, n_drafts: int, draft_calls: int) -> bool:
+        """Whether even a draft passing with `chance` (an upper bound) would pay for one more draft call and its verification.
+
+        Checked before calling the draft: where verification is expensive (a CPU, a big batch) it
+        skips draft calls that could never pay, so the step becomes a plain one at no extra cost.
+        """
+        now = self.verify_cost(n_drafts + 1) + draft_calls * self.draft
+        more = self.verify_cost(n_drafts + 2) + (draft_calls + 1) * self.draft
+        return (expected + chance) / more >= expected / now
+
 
 class ModelDrafter(DrafterBase):
     """Drafts with a small model: up to k cached forward passes per step, rolled back to the accepted tokens after it.
@@ -89,9 +133,11 @@ class ModelDrafter(DrafterBase):
       (it is still proposed); k is then a maximum. transformers' default is 0.4.
     - ``schedule="heuristic"``: the draft length grows by 2 after a step whose drafts all passed and
       shrinks by 1 otherwise, between 1 and the k the loop asks for.
-    - ``costs`` (a `StepCosts` measured on this machine): stop before a draft whose chance of passing
-      (the draft's top probability there, times its probabilities of the drafts before it) does not pay
-      for verifying it. The check comes before sampling, so sampling stays exact. On a CPU,
+    - ``costs`` (a `StepCosts` measured on this machine): first plan the step's length from the
+      acceptance rate seen so far in this run (`StepCosts.best_length`: most goodput, down to 0, a
+      plain step with no draft call at all), then stop before a draft whose chance of passing (the
+      draft's top probability there, times its probabilities of the drafts before it) does not pay
+      for verifying it. The checks come before sampling, so sampling stays exact. On a CPU,
       where verifying 4 tokens can cost 1.5 single-token calls, this keeps chains short; where
       verification is nearly flat in K (a GPU at batch 1), it seldom stops anything.
     None of them changes what the target accepts, so the output stays exactly the target's.
@@ -116,6 +162,7 @@ class ModelDrafter(DrafterBase):
         self.runner: ModelRunner | None = None
         self.length: int | None = None  # the heuristic schedule's current draft length
         self.proposed = 0  # how many tokens the last proposal held
+        self._outcomes = list(PRIOR_SEEN)  # [drafts accepted, drafts rejected] in this run, for the costs' plan
 
     @property
     def calls(self) -> int:
@@ -127,7 +174,7 @@ class ModelDrafter(DrafterBase):
         check_same_vocab(target, self.model)
         # Draft calls feed one token, or two after a step whose drafts all passed (the last draft and the bonus).
         self.runner = ModelRunner(self.model, spec=cache, compiled_lengths=(1, 2), role="draft")
-        self.length, self.proposed = None, 0
+        self.length, self.proposed, self._outcomes = None, 0, list(PRIOR_SEEN)
 
     def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
         """Append the draft's own choice up to k times (never past its context limit); return them and q when sampling."""
@@ -136,9 +183,12 @@ class ModelDrafter(DrafterBase):
         limit = max_positions(self.model)
         if limit is not None:
             k = max(0, min(k, limit - seq.shape[1] + 1))
+        k = self._planned(k)
         tokens, probs = [], []
         expected, chance = 1.0, 1.0  # tokens this step yields so far (the target's own one included); P(all drafts pass)
         for i in range(k):
+            if self.costs is not None and not self.costs.worth_a_call(expected, chance, len(tokens), i):
+                break  # not even a certain draft would pay for the call
             logits = self.runner.logits(seq)[-1]
             # The draft's own probabilities: softmax of its raw logits (before temperature), as transformers reads them.
             own = None if self.confidence_threshold is None and self.costs is None else torch.softmax(logits.float(), -1)
@@ -160,6 +210,20 @@ class ModelDrafter(DrafterBase):
         if not tokens:
             return Proposal(seq.new_empty(0))
         return Proposal(torch.cat(tokens), None if sampler.greedy else torch.stack(probs).to(seq.device))
+
+    def _planned(self, k: int) -> int:
+        """With costs: the draft length, up to k, with the most goodput at the acceptance rate this run has seen."""
+        if self.costs is None or k == 0:
+            return k
+        accepted, rejected = self._outcomes
+        return self.costs.best_length(accepted / (accepted + rejected), k)
+
+    def _saw(self, records: Sequence[StepRecord]) -> None:
+        """Count the drafts that passed, and the one that failed in each step that did not take them all."""
+        for record in records:
+            if record.draft_tokens:
+                self._outcomes[0] += record.n_accepted
+                self._outcomes[1] += record.n_accepted < len(record.draft_tokens)
 
     def propose_tree(self, seq: torch.Tensor, tree: TokenTree) -> Proposal:
         """Fill a token tree (chapter 09): a node's children are the draft's best guesses after it, one draft call per depth.
@@ -190,8 +254,72 @@ class ModelDrafter(DrafterBase):
     def update(self, seq: torch.Tensor, record: StepRecord, verified: Verified) -> None:
         """Keep only cache entries of tokens still in seq (its newest token is not fed yet); adapt the schedule."""
         self.runner.rollback(seq.shape[1] - 1)
+        self._saw([record])
         if self.schedule == "heuristic" and self.proposed:
             self.length = self.length + 2 if record.n_accepted == self.proposed else max(1, self.length - 1)
+
+    # Chapter 11: the same drafting for every row of a batch at once, on a cache with one length per row.
+
+    def start_batch(self, target: PreTrainedModel, rows: Rows, *, cache: CacheSpec = CacheSpec()) -> None:
+        """Check the vocabularies match and start with an empty batch cache of the kind `cache` asks for."""
+        check_same_vocab(target, self.model)
+        self.runner = BatchRunner(self.model, cache, role="draft")
+        self.length, self.proposed, self._outcomes = None, 0, list(PRIOR_SEEN)
+
+    def propose_batch(self, rows: Rows, k: int, sampler: Sampler) -> BatchProposal:
+        """k drafts in every row, one batched call each; the threshold and costs decide for the batch as a whole.
+
+        With `costs` measured at this batch size, the step's length is first planned from the acceptance
+        rate the batch has seen (most goodput, as SmartSpec defines it; 0 makes no draft call), then a
+        draft is proposed only while the tokens the batch expects from it (the rows' chances summed)
+        pay for verifying one more column.
+        With `confidence_threshold`, drafting stops after a token every row's draft is unsure of.
+        """
+        if self.schedule == "heuristic":
+            self.length = k = k if self.length is None else min(self.length, k)
+        limit = max_positions(self.model)
+        if limit is not None:
+            k = max(0, min(k, limit - max(rows.lengths) + 1))
+        k = self._planned(k)
+        tokens, probs = [], []
+        expected = torch.ones(rows.size)  # tokens each row expects from this step so far; chance all its drafts pass
+        chance = torch.ones(rows.size)
+        for i in range(k):
+            if self.costs is not None and not self.costs.worth_a_call(
+                    float(expected.sum()), float(chance.sum()), len(tokens), i):
+                break  # not even certain drafts would pay for the call
+            logits = self.runner.forward(rows)[0][:, -1]
+            own = None if self.confidence_threshold is None and self.costs is None else torch.softmax(logits.float(), -1).cpu()
+            if self.costs is not None and not self.costs.pays(
+                    float(expected.sum()), float((chance * own.max(-1).values).sum()), len(tokens), i + 1):
+                break
+            token, q = sampler.choose(logits)
+            tokens.append(token)
+            probs.append(q)
+            rows = rows.append(token.view(-1, 1))
+            if own is not None:
+                confidence = own.gather(1, token.cpu().view(-1, 1))[:, 0]
+                chance = chance * confidence
+                expected = expected + chance
+                if self.confidence_threshold is not None and bool((confidence < self.confidence_threshold).all()):
+                    break
+        self.proposed = len(tokens)
+        if not tokens:
+            return BatchProposal.ragged([rows.tokens.new_empty(0)] * rows.size, rows.pad, rows.tokens.device)
+        drafted = torch.stack(tokens, dim=1).to(rows.tokens.device)
+        return BatchProposal(drafted, [len(tokens)] * rows.size, None if sampler.greedy else torch.stack(probs, dim=1))
+
+    def update_batch(self, rows: Rows, records: Sequence[StepRecord], verified: BatchVerified) -> None:
+        """Keep each row's cache entries of tokens still in it; the schedule grows only when every row took every draft."""
+        self.runner.commit(rows)
+        self._saw(records)
+        if self.schedule == "heuristic" and self.proposed:
+            everything = all(r.n_accepted == len(r.draft_tokens) == self.proposed for r in records)
+            self.length = self.length + 2 if everything else max(1, self.length - 1)
+
+    def select_rows(self, rows: Sequence[int]) -> None:
+        """Only these rows go on."""
+        self.runner.select(rows)
 
     def transformers_counterpart(self, *, k: int, max_new_tokens: int, eos_token_id: int | None = None) -> Counterpart:
         """transformers' assisted generation with this draft model, k, threshold and schedule."""

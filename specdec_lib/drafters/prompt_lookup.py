@@ -13,11 +13,16 @@ tokens as the match is long, up to k, so guesses grow while the text is being co
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
+from ..loop.batch import BatchProposal, BatchVerified, Rows
 from ..loop.drafter import Counterpart, DrafterBase, Proposal
+from ..loop.kv_cache import CacheSpec
 from ..loop.sampling import Sampler
+from ..loop.step import StepRecord
 from .registry import register_draft
 
 PROMPT_LOOKUP = "prompt-lookup"  # its name: load_pair(draft=...), bench --draft, training eval --drafts
@@ -83,6 +88,21 @@ class PromptLookupDrafter(DrafterBase):
     def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
         """The looked-up continuation, deterministic (q is one-hot on it, so sampling stays exact)."""
         return Proposal(lookup_continuation(seq[0], k, self.max_ngram_size, self.min_ngram_size, self.adaptive))
+
+    def start_batch(self, target: PreTrainedModel, rows: Rows, *, cache: CacheSpec = CacheSpec()) -> None:
+        """Nothing to reset: every row is looked up in its own text (chapter 11)."""
+
+    def propose_batch(self, rows: Rows, k: int, sampler: Sampler) -> BatchProposal:
+        """Each row's own lookup: rows propose different numbers of tokens (ragged), padded at the end."""
+        drafts = [lookup_continuation(rows.row(b), k, self.max_ngram_size, self.min_ngram_size, self.adaptive)
+                  for b in range(rows.size)]
+        return BatchProposal.ragged(drafts, rows.pad, rows.tokens.device)
+
+    def update_batch(self, rows: Rows, records: Sequence[StepRecord], verified: BatchVerified) -> None:
+        """Nothing to roll back."""
+
+    def select_rows(self, rows: Sequence[int]) -> None:
+        """Nothing kept per row."""
 
     def transformers_counterpart(self, *, k: int, max_new_tokens: int, eos_token_id: int | None = None) -> Counterpart:
         """transformers' prompt lookup decoding with this n-gram size (it always proposes k)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from .drafter import Drafter, TreeDrafter, as_drafter
 from .kv_cache import CacheSpec, ModelRunner, max_positions
 from .sampling import Sampler
+from .batch import BatchDrafter, BatchRunner, Rows, batch_step
 from .step import Rule, StepRecord, pick_rule, speculative_step
 from .tree import TokenTree, check_branching
 
@@ -74,10 +75,18 @@ def pool_steps(stats: Iterable[SpecStats]) -> tuple[list[int], list[int]]:
 
 @dataclass
 class SpecOutput:
-    """The prompt plus the generated tokens, shape (1, n+m), and the run's statistics."""
+    """The prompt plus the generated tokens, shape (1, n+m), and the run's statistics.
+
+    For a batch (chapter 11): sequences (B, n + max_new_tokens), each row padded after its EOS;
+    `stats` pools every row's steps (its `target_calls` counts each row's share of the batched
+    calls, so tokens per call read per row; its `draft_calls` counts batched draft calls), `rows`
+    holds each row's own, and `batch_calls` counts the batched target calls.
+    """
 
     sequences: torch.Tensor
     stats: SpecStats
+    rows: list[SpecStats] | None = None
+    batch_calls: int | None = None
 
 
 def _eos_set(eos_token_id: int | Iterable[int] | None) -> set[int]:
@@ -99,15 +108,48 @@ def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], bool]:
 
 def _prepare_prompt(model: PreTrainedModel, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Validate a prompt and the length budget; return it as a (1, n) long tensor on the model's device."""
+    ids = _prepare_ids(model, input_ids, max_new_tokens)
+    if ids.shape[0] != 1:
+        raise ValueError(f"input_ids has a batch of {ids.shape[0]} rows; pass its attention_mask to decode a batch")
+    return ids
+
+
+def _prepare_batch(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int, pad: int,
+) -> Rows | None:
+    """A left-padded batch and its mask as `Rows` on the model's device; None for one unpadded row (today's loop)."""
+    ids = _prepare_ids(model, input_ids, max_new_tokens)
+    if attention_mask is None:
+        return None if ids.shape[0] == 1 else Rows.from_padded(ids, torch.ones_like(ids), pad)
+    mask = torch.as_tensor(attention_mask)
+    mask = mask.unsqueeze(0) if mask.dim() == 1 else mask
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; it must match input_ids, {tuple(ids.shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask must hold 1 (a real token) and 0 (padding) only")
+    mask = mask.to(ids.device).long()
+    if bool((mask.sum(dim=1) == 0).any()):
+        raise ValueError(f"rows {(mask.sum(dim=1) == 0).nonzero().flatten().tolist()} of attention_mask are all "
+                         "padding; every row needs at least one real token")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError("attention_mask has padding after real tokens: pad on the left (tokenizer.padding_side = "
+                         "'left'), as transformers does for generation")
+    if ids.shape[0] == 1 and bool(mask.all()):
+        return None
+    return Rows.from_padded(ids, mask, pad)
+
+
+def _prepare_ids(model: PreTrainedModel, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Validate prompt ids (n,) or (B, n) and the length budget; return them (B, n), long, on the model's device."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     ids = torch.as_tensor(input_ids)
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
     if ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape (n,) or (1, n), got {tuple(ids.shape)}")
-    if ids.shape[0] != 1:
-        raise ValueError(f"input_ids has a batch of {ids.shape[0]} rows; batch size > 1 isn't supported")
+        raise ValueError(f"input_ids must have shape (n,) or (B, n), got {tuple(ids.shape)}")
+    if ids.shape[0] == 0:
+        raise ValueError("input_ids holds no rows")
     if ids.shape[1] == 0:
         raise ValueError("input_ids is an empty prompt; give at least one token")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
@@ -141,17 +183,25 @@ def autoregressive_generate(
     compile: bool = False,
     sampler: Sampler | None = None,
     cache: CacheSpec | None = None,
+    attention_mask: torch.Tensor | None = None,
+    pad_token_id: int | None = None,
 ) -> torch.Tensor:
     """Plain decoding, one model call per token: the baseline speculative decoding must reproduce.
 
     ``cache_implementation="static"`` and ``compile=True`` give it chapter 10's treatment, so that a
     compiled speculative loop is timed against a compiled baseline. ``sampler`` and ``cache``
     (a `Sampler`, a `CacheSpec`) may replace the sampling and cache keywords, as the benchmark passes them.
+    A left-padded batch (B, n) with its ``attention_mask`` decodes every row at once (chapter 11):
+    the result is (B, n + max_new_tokens), each row padded with ``pad_token_id`` after its EOS.
     """
     sampler, spec = run_settings(sampler, cache, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                                  use_cache=use_cache, cache_implementation=cache_implementation, compile=compile)
-    seq = _prepare_prompt(model, input_ids, max_new_tokens)
     eos = _eos_set(eos_token_id)
+    rows = _prepare_batch(model, input_ids, attention_mask, max_new_tokens, _pad_id(model, pad_token_id, eos))
+    if rows is not None:
+        spec = dataclasses.replace(spec, max_length=rows.width + max_new_tokens)
+        return _autoregressive_batch(model, rows, max_new_tokens, sampler, spec, eos)
+    seq = _prepare_prompt(model, input_ids, max_new_tokens)
     spec = dataclasses.replace(spec, max_length=seq.shape[1] + max_new_tokens)
     runner = ModelRunner(model, croppable=False, spec=spec, compiled_lengths=(1,))
     for _ in range(max_new_tokens):
@@ -160,6 +210,55 @@ def autoregressive_generate(
         if eos and int(token) in eos:  # the only host sync, and only when an EOS can stop us
             break
     return seq
+
+
+def _pad_id(model: PreTrainedModel, pad_token_id: int | None, eos: set[int]) -> int:
+    """The id written after a finished row's EOS: as given, else the model's pad token, else its EOS, else 0."""
+    if pad_token_id is not None:
+        return int(pad_token_id)
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    if isinstance(pad, int):
+        return pad
+    return min(eos) if eos else 0
+
+
+def _finish_batch(prompt: Rows, outputs: list[list[int]], max_new_tokens: int) -> torch.Tensor:
+    """(B, n + max_new_tokens): the prompts as given, then each row's tokens, then padding."""
+    tail = torch.full((prompt.size, max_new_tokens), prompt.pad, dtype=torch.long)
+    for b, tokens in enumerate(outputs):
+        tail[b, : len(tokens)] = torch.as_tensor(tokens[:max_new_tokens], dtype=torch.long)
+    return torch.cat([prompt.tokens, tail.to(prompt.tokens.device)], dim=1)
+
+
+def _leave(finished: list[int], alive: list[int], *selects: Callable[[list[int]], None]) -> list[int]:
+    """Drop the finished rows (positions in `alive`) from every batch that holds them (compaction); the positions left."""
+    stay = [j for j in range(len(alive)) if j not in finished]
+    if stay:  # with none left the run is over
+        for select in selects:
+            select(stay)
+    return stay
+
+
+@torch.inference_mode()
+def _autoregressive_batch(
+    model: PreTrainedModel, rows: Rows, max_new_tokens: int, sampler: Sampler, spec: CacheSpec, eos: set[int],
+) -> torch.Tensor:
+    """Plain decoding of a left-padded batch: one call per token for every row still going; finished rows leave."""
+    prompt, runner = rows, BatchRunner(model, spec)
+    outputs: list[list[int]] = [[] for _ in range(rows.size)]
+    alive = list(range(rows.size))
+    for step in range(max_new_tokens):
+        token, _ = sampler.choose(runner.forward(rows)[0][:, -1])
+        rows = rows.append(token.view(-1, 1))
+        for b, t in zip(alive, token.tolist()):
+            outputs[b].append(t)
+        finished = [j for j, b in enumerate(alive) if outputs[b][-1] in eos]
+        if finished and step + 1 < max_new_tokens:
+            stay = _leave(finished, alive, runner.select)
+            alive, rows = [alive[j] for j in stay], rows.select(stay)
+            if not alive:
+                break
+    return _finish_batch(prompt, outputs, max_new_tokens)
 
 
 SAMPLING_DEFAULTS = dict(temperature=0.0, top_k=None, top_p=None, generator=None)
@@ -217,6 +316,8 @@ def speculative_generate(
     compile: bool = False,
     sampler: Sampler | None = None,
     cache: CacheSpec | None = None,
+    attention_mask: torch.Tensor | None = None,
+    pad_token_id: int | None = None,
 ) -> SpecOutput:
     """Speculative decoding: the draft proposes up to k tokens, the target checks them all in one call.
 
@@ -229,13 +330,25 @@ def speculative_generate(
     ``cache_implementation="static"`` preallocates both models' caches and rolls back by moving the
     write position; ``compile=True`` then compiles the fixed-size calls (chapter 10; chains only).
     ``sampler`` and ``cache`` (a `Sampler`, a `CacheSpec`) may replace the sampling and cache keywords.
+    A left-padded batch (B, n) with its ``attention_mask`` (1 = real token) decodes every row at once,
+    each accepting its own number of drafts (chapter 11); see `SpecOutput` for what comes back.
     """
     sampler, spec = run_settings(sampler, cache, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                                  use_cache=use_cache, cache_implementation=cache_implementation, compile=compile)
     rule, drafter = pick_rule(verifier, sampler), as_drafter(draft)
+    eos = _eos_set(eos_token_id)
+    rows = _prepare_batch(target, input_ids, attention_mask, max_new_tokens, _pad_id(target, pad_token_id, eos))
+    if rows is not None:
+        if tree is not None:
+            raise ValueError("token trees decode one row at a time: pass one unpadded row, or drop tree= for a batch")
+        _check_draft_args(drafter, k, None, rule, spec.compile)
+        if not isinstance(drafter, BatchDrafter):
+            raise ValueError(f"{type(drafter).__name__} can't draft for a batch (it has no propose_batch); "
+                             "decode its rows one at a time")
+        spec = dataclasses.replace(spec, max_length=rows.width + max_new_tokens + k + 1)
+        return _speculative_batch(target, drafter, rows, max_new_tokens, k, rule, sampler, spec, eos)
     shape = _check_draft_args(drafter, k, tree, rule, spec.compile)
     seq = _prepare_prompt(target, input_ids, max_new_tokens)
-    eos = _eos_set(eos_token_id)
     drafts = k if shape is None else shape.size  # the most positions one verification adds after the text
     spec = dataclasses.replace(spec, max_length=seq.shape[1] + max_new_tokens + drafts + 1)
     runner = ModelRunner(target, spec=spec, compiled_lengths=(k + 1,))  # a full step: the last token + k drafts
@@ -253,3 +366,35 @@ def speculative_generate(
             break
     stats.target_calls, stats.draft_calls = runner.calls, drafter.calls
     return SpecOutput(sequences=seq, stats=stats)
+
+
+@torch.inference_mode()
+def _speculative_batch(
+    target: PreTrainedModel, drafter: BatchDrafter, rows: Rows, max_new_tokens: int, k: int, rule: Rule,
+    sampler: Sampler, spec: CacheSpec, eos: set[int],
+) -> SpecOutput:
+    """Speculative decoding of a left-padded batch: `batch_step` until every row has its tokens or its EOS."""
+    prompt, runner = rows, BatchRunner(target, spec)
+    drafter.start_batch(target, rows, cache=spec)
+    outputs: list[list[int]] = [[] for _ in range(rows.size)]
+    row_stats = [SpecStats(k=k) for _ in range(rows.size)]
+    alive = list(range(rows.size)) if max_new_tokens > 0 else []
+    while alive:
+        # A row may accept at most remaining-1 drafts, so that its target token never overshoots.
+        room = [max_new_tokens - len(outputs[b]) - 1 for b in alive]
+        records, rows = batch_step(runner, drafter, rows, rule, sampler, k=min(k, max(room)), room=room)
+        finished = []
+        for j, (b, record) in enumerate(zip(alive, records)):
+            kept, hit_eos = _cut_at_eos(record.new_tokens, eos)
+            outputs[b] += kept
+            row_stats[b].add(record, len(kept))
+            row_stats[b].target_calls += 1
+            if hit_eos or len(outputs[b]) >= max_new_tokens:
+                finished.append(j)
+        if finished:
+            stay = _leave(finished, alive, runner.select, drafter.select_rows)
+            alive, rows = [alive[j] for j in stay], rows.select(stay)
+    pooled = SpecStats(k=k, target_calls=sum(s.target_calls for s in row_stats), draft_calls=drafter.calls,
+                       proposed=[p for s in row_stats for p in s.proposed], accepted=[a for s in row_stats for a in s.accepted],
+                       steps=[r for s in row_stats for r in s.steps], new_tokens=sum(s.new_tokens for s in row_stats))
+    return SpecOutput(_finish_batch(prompt, outputs, max_new_tokens), pooled, row_stats, runner.calls)

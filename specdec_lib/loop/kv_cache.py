@@ -81,13 +81,17 @@ def static_cache(model: PreTrainedModel, length: int, role: str = "target") -> S
     if cache is None or cache.layers[0].max_cache_len < length:
         size = -(-length // STATIC_BUCKET) * STATIC_BUCKET
         limit = max_positions(model)
-        size = size if limit is None else max(length, min(size, limit))
-        cache = StaticCache(config=model.config, max_cache_len=size)
-        if not all(isinstance(layer, CacheLayerMixin) for layer in cache.layers):
-            raise NotImplementedError(f"{model.config.model_type} has linear-attention layers; use the dynamic cache")
-        cache.layers = [StaticLayer(size) if layer.is_sliding else layer for layer in cache.layers]
-        slots[key] = cache
+        cache = slots[key] = full_static_cache(model, size if limit is None else max(length, min(size, limit)))
     cache.reset()
+    return cache
+
+
+def full_static_cache(model: PreTrainedModel, size: int) -> StaticCache:
+    """A new StaticCache of `size` positions whose every layer holds them all (sliding-window layers included)."""
+    cache = StaticCache(config=model.config, max_cache_len=size)
+    if not all(isinstance(layer, CacheLayerMixin) for layer in cache.layers):
+        raise NotImplementedError(f"{model.config.model_type} has linear-attention layers; use the dynamic cache")
+    cache.layers = [StaticLayer(size) if layer.is_sliding else layer for layer in cache.layers]
     return cache
 
 
@@ -106,8 +110,8 @@ class DynamicKV:
 
     The interface (`length`, `capacity`, `fed`, `rollback`, `keep`) is what the loop and the drafters
     use, whatever the kind; `cache` is transformers' own object, passed to the model as is.
-    Lengths are counted for the one row of a batch-1 run. For a batch whose rows accept different
-    numbers of drafts (chapter 11), the same calls take one length, or one kept path, per row.
+    Lengths are counted for the one row of a batch-1 run; a batch whose rows accept different
+    numbers of drafts keeps one length per row (`specdec_lib.loop.batch.BatchKV`, chapter 11).
     """
 
     capacity: int | None = None  # a dynamic cache grows as needed

@@ -42,11 +42,14 @@ class EagleHead(RestrictedVocabLlama):
         return super().forward(inputs_embeds=inputs_embeds, **kwargs)
 
     def features_forward(
-        self, features: torch.Tensor, tokens: torch.Tensor, cache=None
+        self, features: torch.Tensor, tokens: torch.Tensor, cache=None, **inputs
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (B, n, d) at positions j and tokens (B, n) at j + 1 -> (predicted features at j + 1, sub-vocabulary logits)."""
+        """Features (B, n, d) at positions j and tokens (B, n) at j + 1 -> (predicted features at j + 1, sub-vocabulary logits).
+
+        `inputs` (a batch's attention_mask and position_ids, chapter 11) go to the decoder as given.
+        """
         x = self.fc(torch.cat([self.model.embed_tokens(tokens), features.to(self.dtype)], dim=-1))
-        out = self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None)
+        out = self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None, **inputs)
         predicted = out.last_hidden_state  # after the final norm, like the target's feature
         return predicted, self.sub_logits(predicted)
 

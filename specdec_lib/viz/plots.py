@@ -154,3 +154,35 @@ def plot_tree_step(tree: TokenTree, labels: Sequence[str], path: Sequence[int], 
               title="Tree attention mask (green: may attend)")
     fig.tight_layout()
     return fig
+
+
+def plot_batch_sweep(report: Mapping) -> Figure:
+    """Chapter 11: throughput and speedup over plain decoding against batch size, one line per method, the crossover marked."""
+    runs = report["runs"]
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2))  # one colour a method, both panels
+    for method in methods:
+        points = sorted((r["batch"], r["tokens_per_s"], r["speedup"]) for r in runs if r["method"] == method)
+        sizes = [p[0] for p in points]
+        style = "--" if "transformers" in method else "o-"
+        left.plot(sizes, [p[1] for p in points], style, label=method, color=colors[method])
+        if not method.startswith("target only"):
+            right.plot(sizes, [p[2] for p in points], "o-", label=method, color=colors[method])
+    right.axhline(1.0, color="black", lw=0.8, label="plain decoding (ours)")
+    where = report.get("crossover")
+    if where:
+        right.axvline(where, color="#D55E00", ls=":", lw=1.5, label=f"crossover: B = {where}")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["batch"] for r in runs}), labels=[str(b) for b in sorted({r["batch"] for r in runs})])
+        ax.set_xlabel("batch size B (requests decoded together)")
+        ax.grid(alpha=0.3)
+    left.set(ylabel="total new tokens per second", title="Throughput")
+    right.set(ylabel="speedup over plain decoding at the same B", title="What speculation buys")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    title = textwrap.fill(f"{report.get('pair', '')} ({report.get('device_name', '')})".split("\n")[0], 110)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
