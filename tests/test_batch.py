@@ -16,8 +16,10 @@ import torch
 
 from conftest import AGREEMENT, VOCAB, cached_pair
 from specdec_lib import autoregressive_generate, speculative_generate
-from specdec_lib.drafters import EagleDrafter, ModelDrafter, PromptLookupDrafter
-from specdec_lib.loop.batch import BatchKV, Rows, realign
+from specdec_lib.bench import measure_step_costs
+from specdec_lib.drafters import EagleDrafter, ModelDrafter, PromptLookupDrafter, StepCosts
+from specdec_lib.loop.batch import BatchKV, BatchRunner, Rows, realign
+from specdec_lib.loop.kv_cache import CacheSpec
 from specdec_lib.loop.sampling_check import chi2_pvalue
 from specdec_lib.models.draft_model import draft_from_target
 from specdec_lib.models.eagle_head import eagle_from_draft
@@ -27,7 +29,8 @@ NEW = 20
 NEAR_TIE = 1e-3  # a logit gap this small at the first difference is float rounding, not a bug
 BATCH_SIZES = (2, 3, 5, 8)
 KS = (1, 2, 3, 4, 6)
-NEAR_TIES: list[tuple] = []  # every forgiven difference, for the report at the end of the module
+NEAR_TIES: list[tuple] = []  # every forgiven difference, for test_near_ties_are_rare
+ROWS_CHECKED = [0]
 
 
 def batch_prompts(b: int, seed: int = 0) -> list[torch.Tensor]:
@@ -74,6 +77,7 @@ def check_rows(arch: str, level: str, rows: list[torch.Tensor], out: torch.Tenso
     """Every row of `out` equals its row decoded alone, but for near ties (counted in NEAR_TIES)."""
     target, _ = cached_pair(arch, level)
     for b, row in enumerate(rows):
+        ROWS_CHECKED[0] += 1
         got, ref = out[b, width:], alone(arch, level, tuple(row.tolist()))
         if torch.equal(got, ref):
             continue
@@ -168,8 +172,6 @@ def test_kv_keep_gives_each_row_its_own_length():
     model = tiny_model("llama", vocab_size=VOCAB)
     rows = batch_prompts(3)
     ids, mask = left_pad(rows)
-    from specdec_lib.loop.batch import BatchRunner
-    from specdec_lib.loop.kv_cache import CacheSpec
     runner = BatchRunner(model, CacheSpec())
     batch = Rows.from_padded(ids, mask)
     runner.forward(batch, keep=1)
@@ -274,13 +276,13 @@ def test_a_batch_with_a_tree_raises():
         speculative_generate(target, draft, ids, attention_mask=mask, max_new_tokens=4, tree=(2, 1))
 
 
-def test_near_ties_are_reported():
-    """Not a check: prints how many row differences the grid forgave as near ties (run with -s to see them)."""
-    print(f"near ties forgiven so far in this process: {len(NEAR_TIES)}", NEAR_TIES[:5])
+def test_near_ties_are_rare():
+    """Near ties are float rounding: at most 1 % of the rows this process checked may differ by one (-s prints them)."""
+    print(f"near ties forgiven in this process: {len(NEAR_TIES)} of {ROWS_CHECKED[0]} rows", NEAR_TIES[:5])
+    assert len(NEAR_TIES) <= 0.01 * ROWS_CHECKED[0]
 
 
 def test_cost_aware_batch_is_exact_and_drafts_nothing_where_nothing_pays():
-    from specdec_lib.drafters import StepCosts
     target, draft = cached_pair("llama", "medium")
     rows = batch_prompts(5)
     ids, mask = left_pad(rows)
@@ -297,7 +299,6 @@ def test_cost_aware_batch_is_exact_and_drafts_nothing_where_nothing_pays():
 
 
 def test_measure_step_costs_at_a_batch_is_monotone():
-    from specdec_lib.bench import measure_step_costs
     target, draft = cached_pair("gpt2", "medium")
     ids, mask = left_pad(batch_prompts(4))
     costs = measure_step_costs(target, draft, ids, k=3, n_calls=3, attention_mask=mask)
