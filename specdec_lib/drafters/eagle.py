@@ -118,12 +118,9 @@ class EagleDrafter(DrafterBase):
         if limit is not None:
             k = max(0, min(k, limit - max(rows.lengths) + 1))
         if k == 0 or self.batch_features is None or min(rows.lengths) < 2:
-            return BatchProposal.ragged([rows.tokens.new_empty(0)] * rows.size, rows.pad, rows.tokens.device)
+            return BatchProposal.empty(rows)
         kv, device = self.batch_kv, self.model.device
-        held = kv.lengths or [0] * rows.size
-        behind = max(n - 1 - h for n, h in zip(rows.lengths, held))  # entries each row still needs, the most of any
-        kv.keep([n - 1 - behind for n in rows.lengths] if min(rows.lengths) - 1 >= behind else [0] * rows.size)
-        behind = max(n - 1 - h for n, h in zip(rows.lengths, kv.lengths))
+        behind = kv.align([n - 1 for n in rows.lengths])  # head entries each row still needs, the same for all now
         features = self.batch_features[:, self.batch_features.shape[1] - behind:]
         tokens_in = rows.last(behind).to(device)
         real = [min(behind, n - 1) for n in rows.lengths]

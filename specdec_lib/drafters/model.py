@@ -305,7 +305,7 @@ class ModelDrafter(DrafterBase):
                     break
         self.proposed = len(tokens)
         if not tokens:
-            return BatchProposal.ragged([rows.tokens.new_empty(0)] * rows.size, rows.pad, rows.tokens.device)
+            return BatchProposal.empty(rows)
         drafted = torch.stack(tokens, dim=1).to(rows.tokens.device)
         return BatchProposal(drafted, [len(tokens)] * rows.size, None if sampler.greedy else torch.stack(probs, dim=1))
 

@@ -198,6 +198,17 @@ class BatchKV:
         else:
             layer.keys, layer.values = keys, values
 
+    def align(self, lengths: Sequence[int]) -> int:
+        """Roll rows back so each has as many positions of `lengths` uncached as the row furthest behind (all, if a row
+        is too short); return that count."""
+        held = self.lengths or [0] * len(lengths)
+        if any(n < h for n, h in zip(lengths, held)):
+            raise ValueError("the cache holds more than the rows: commit after every verification")
+        behind = max(n - h for n, h in zip(lengths, held))
+        target = [n - behind for n in lengths]
+        self.keep([0] * len(lengths) if min(target) < 0 else target)
+        return max(n - h for n, h in zip(lengths, self.lengths))
+
     @torch.inference_mode()
     def select(self, rows: Sequence[int]) -> None:
         """Keep only these rows (compaction: finished rows stop costing compute), then drop shared padding."""
@@ -246,14 +257,8 @@ class BatchRunner:
 
     def align(self, rows: Rows) -> None:
         """Roll rows back so that each has the same number of tokens not yet cached (all of them, if a row is too short)."""
-        held = self.kv.lengths
-        if held is None:
-            return
-        behind = max(n - h for n, h in zip(rows.lengths, held))
-        if any(n - h < 0 for n, h in zip(rows.lengths, held)):
-            raise ValueError("the cache holds more than the rows: commit after every verification")
-        target = [n - behind for n in rows.lengths]
-        self.kv.keep([0] * rows.size if min(target) < 0 else target)
+        if self.kv.lengths is not None:
+            self.kv.align(rows.lengths)
 
     def commit(self, rows: Rows) -> None:
         """After a verification: keep what still agrees with each row, everything but its newest token at most."""
@@ -274,6 +279,11 @@ class BatchProposal:
     tokens: torch.Tensor
     counts: list[int]
     probs: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, rows: Rows) -> "BatchProposal":
+        """No drafts in any row: the step is a plain batched step."""
+        return cls(torch.empty((rows.size, 0), dtype=torch.long, device=rows.tokens.device), [0] * rows.size)
 
     @classmethod
     def ragged(cls, drafts: Sequence[torch.Tensor], pad: int, device: torch.device) -> "BatchProposal":
@@ -331,8 +341,7 @@ def batch_step(
 
     room[b]: the most drafts row b may still accept (its token budget less one).
     """
-    proposal = drafter.propose_batch(rows, k, sampler).capped(room) if k > 0 else BatchProposal.ragged(
-        [rows.tokens.new_empty(0)] * rows.size, rows.pad, rows.tokens.device)
+    proposal = drafter.propose_batch(rows, k, sampler).capped(room) if k > 0 else BatchProposal.empty(rows)
     m, before = proposal.tokens.shape[1], list(rows.lengths)
     logits, states = runner.forward(rows, proposal.tokens, keep=m + 1, hidden=drafter.needs_hidden_states)
     if m == 0:  # nothing drafted in any row: a plain step, every row's token chosen at once
