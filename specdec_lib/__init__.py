@@ -16,6 +16,7 @@ Bottom to top (a room imports only rooms below it; tests/test_layering.py checks
 
 from .loop import (
     CacheSpec,
+    DynamicTree,
     ModelRunner,
     Sampler,
     SpecOutput,
@@ -36,6 +37,7 @@ from .models import ModelPair, ModelUnavailableError, load_pair, pick_device
 
 __all__ = [
     "CacheSpec",
+    "DynamicTree",
     "Drafter",
     "DrafterBase",
     "ModelDrafter",

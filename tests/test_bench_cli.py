@@ -226,12 +226,34 @@ def test_cli_times_token_trees_next_to_chains(tmp_path, capsys):
     assert plot.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("flags", [["--temperature", "1"], ["--draft", "prompt-lookup"], ["--alpha", "0.5"],
-                                   ["--confidence-threshold", "0.4"], ["--cost-aware"], ["--tree", "2,0"]])
+@pytest.mark.parametrize("flags", [["--draft", "prompt-lookup"], ["--alpha", "0.5"], ["--confidence-threshold", "0.4"],
+                                   ["--cost-aware"], ["--tree", "2,0"], ["--tree", "dynamik"], ["--dynamic-tree", "4,3,8"]])
 def test_cli_rejects_trees_it_cannot_run(flags, capsys):
     with pytest.raises(SystemExit):
         main(["--preset", "tiny-gpt2", "--tree", "2,1", *flags])
     assert "--tree" in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_dynamic_tree_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["--preset", "tiny-gpt2", "--tree", "dynamic", "--dynamic-tree", "4,3"])
+    assert "DEPTH,TOP_K,BUDGET" in capsys.readouterr().err
+
+
+def test_cli_times_dynamic_trees_greedy_and_sampled(tmp_path, capsys):
+    """--tree dynamic and dynamic-costs (step costs measured first) next to a chain, exact when greedy; sampling runs too."""
+    out = tmp_path / "d.json"
+    main(["--preset", "tiny-gpt2", "--k", "2", "--tree", "dynamic", "--tree", "dynamic-costs", "--dynamic-tree", "3,2,4",
+          "--max-new-tokens", "8", "--num-prompts", "2", "--repeats", "1", "--out", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    settings = {"dynamic": True, "depth": 3, "top_k": 2, "budget": 4}
+    assert [r["tree"] for r in runs] == [None, settings | {"costs": False}, settings | {"costs": True}]
+    assert all(r["outputs_match_target"] is True and r["k"] == (2 if r["tree"] is None else 3) for r in runs)
+    printed = capsys.readouterr().out
+    assert "dynamic 3,2,4 +costs" in printed and "step costs for dynamic trees" in printed
+    sampled = main(["--preset", "tiny-gpt2", "--k", "2", "--tree", "dynamic", "--temperature", "1", "--max-new-tokens", "6",
+                    "--num-prompts", "1", "--repeats", "1"])
+    assert sampled["runs"][1]["outputs_match_target"] is None and sampled["runs"][1]["new_tokens"] == 6
 
 
 def test_k_sweep_plot_marks_trees():

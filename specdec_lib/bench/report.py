@@ -18,8 +18,11 @@ def chain_runs(runs: Sequence[Mapping]) -> list[Mapping]:
 
 
 def run_label(run: Mapping) -> str:
-    """A sweep run's name in tables: its k, or its tree's branching factors."""
-    return str(tuple(run["tree"])) if run.get("tree") else str(run["k"])
+    """A sweep run's name in tables: its k, its tree's branching factors, or a dynamic tree's depth, top-k and budget."""
+    tree = run.get("tree")
+    if isinstance(tree, Mapping):  # DynamicTree.describe()
+        return f"dynamic {tree['depth']},{tree['top_k']},{tree['budget']}" + (" +costs" if tree["costs"] else "")
+    return str(tuple(tree)) if tree else str(run["k"])
 
 
 def pooled_alpha_c(runs: Sequence[Mapping]) -> tuple[float, float]:
@@ -47,8 +50,10 @@ def format_sweep(runs: Sequence[Mapping]) -> str:
     if hf:
         lines.append(f"HF: {runs[0]['hf_method']}, speedup over the same target-only runs")
     if len(chain_runs(runs)) < len(runs):
-        lines.append("rows in parentheses: token trees (branching factors per depth); the chain formula does not "
-                     "apply, and alpha is their acceptance per depth reached, with every guess at that depth")
+        lines.append("rows in parentheses: token trees (branching factors per depth); dynamic D,K,B: trees grown "
+                     "where the draft is confident (depth D, top-k K, budget B nodes; +costs: sized by the measured "
+                     "step costs); the chain formula does not apply, and alpha is their acceptance per depth reached, "
+                     "with every guess at that depth")
     return "\n".join(lines)
 
 

@@ -14,9 +14,10 @@ from transformers import PreTrainedModel
 
 from ..drafters import HF_ASSISTED, HF_PROMPT_LOOKUP, hf_assisted_generate, hf_prompt_lookup_generate
 from ..loop.drafter import Counterpart, Drafter, as_drafter
-from ..loop.generate import SpecStats, autoregressive_generate, pool_steps, speculative_generate
+from ..loop.generate import SpecStats, autoregressive_generate, pool_steps, speculative_generate, tree_plan
 from ..loop.kv_cache import CacheSpec
 from ..loop.sampling import Sampler
+from ..loop.tree_growth import DynamicTree
 from .seed_pair import ImposedAcceptance
 from .theory import estimate_alpha, expected_speedup, expected_tokens_per_step
 from .timing import measure_cost_ratio, stopwatch
@@ -55,7 +56,7 @@ class BenchResult:
     methods: dict[str, MethodResult]
     alpha: float
     c: float
-    tree: tuple[int, ...] | None = None  # branching factors when the loop drafted token trees (k is then its depth)
+    tree: tuple[int, ...] | str | DynamicTree | None = None  # the tree the loop drafted: branching factors or a dynamic tree (k is its depth)
     extra_loops: tuple[tuple[str, bool], ...] = ()  # further settings, each a target-only and a speculative method
 
     def ratio(self, name: str, baseline: str = TARGET_ONLY) -> float:
@@ -109,7 +110,11 @@ class BenchResult:
             lines.extend(f"{spec_name} vs {hf}: {self.ratio(spec_name, hf):.2f}x" for hf in hfs)
         if self.tree is not None:
             spec_run = self.methods[spec]
-            lines.append(f"tree {','.join(map(str, self.tree))} (depth {self.k}): "
+            shape = tree_plan(self.tree)
+            name = f"dynamic tree (depth {self.k}, top-k {shape.top_k}, budget {shape.budget}" + (
+                ", sized by step costs)" if shape.costs is not None else ")") if isinstance(shape, DynamicTree) else (
+                f"tree {','.join(map(str, self.tree))} (depth {self.k})")
+            lines.append(f"{name}: "
                          f"{spec_run.new_tokens / spec_run.target_calls:.2f} tokens per target call, c {self.c:.3f}")
             return "\n".join(lines)
         lines.append(
@@ -151,7 +156,7 @@ def benchmark(
     temperature: float = 0.0,
     seed: int = 0,
     impose_alpha: float | None = None,
-    tree: Sequence[int] | None = None,
+    tree: Sequence[int] | str | DynamicTree | None = None,
     cache_implementation: str = "dynamic",
     compile: bool = False,
     extra_loops: Sequence[tuple[str, bool]] = (),
@@ -165,7 +170,8 @@ def benchmark(
     from a generator seeded with `seed` (transformers is then left out: its draws differ from ours). With
     `impose_alpha` the speculative loops run against `seed_pair.ImposedAcceptance(target)`, which
     accepts each draft token with that probability: for timing random-weight pairs, greedy only, HF left out.
-    With `tree` (branching factors, chapter 09) our loops draft token trees; transformers has none, so it is left out.
+    With `tree` (branching factors, "dynamic" or a `DynamicTree`, chapter 09) our loops draft token trees;
+    transformers has none, so it is left out.
     `cache_implementation` and `compile` (chapter 10) set how the target-only run and our cached
     loop cache and call the models; each (cache_implementation, compile) in `extra_loops` adds a
     target-only and a speculative method so set (`loop_methods`), timed in the same rounds.
@@ -180,8 +186,8 @@ def benchmark(
     prompts = [p.to(device).view(1, -1) for p in prompts]
     limits = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
     if tree is not None:
-        tree = tuple(tree)
-        k = len(tree)
+        tree = tree if isinstance(tree, (str, DynamicTree)) else tuple(tree)
+        k = tree_plan(tree).depth
 
     def sampler() -> Sampler:
         """A fresh sampler per run, its generator seeded alike, so every method and repeat draws the same."""
@@ -258,6 +264,12 @@ def loop_methods(cache_implementation: str, compile: bool) -> tuple[str, str]:
     return f"target only ({label})", f"speculative ({label})"
 
 
+def tree_json(tree: Sequence[int] | str | DynamicTree) -> list[int] | dict:
+    """A run's tree for its JSON: branching factors as a list, a dynamic tree's settings as a dict."""
+    shape = tree_plan(tree)
+    return shape.describe() if isinstance(shape, DynamicTree) else list(tree)
+
+
 def _spread(start: int, end: int, n: int = 3) -> list[int]:
     """n cache lengths spread evenly from start to end-1."""
     return sorted({start + (end - 1 - start) * i // max(n - 1, 1) for i in range(n)})
@@ -281,7 +293,7 @@ def sweep_k(
     temperature: float = 0.0,
     impose_alpha: float | None = None,
     include_hf: bool = False,
-    trees: Sequence[Sequence[int]] = (),
+    trees: Sequence[Sequence[int] | str | DynamicTree] = (),
     cache_implementation: str = "dynamic",
     compile: bool = False,
     eos_token_id: int | None = None,
@@ -296,7 +308,7 @@ def sweep_k(
     stops every method at that token.
     """
     runs = []
-    shapes = [(k, None) for k in ks] + [(len(t), tuple(t)) for t in trees]
+    shapes = [(k, None) for k in ks] + [(tree_plan(t).depth, t if isinstance(t, (str, DynamicTree)) else tuple(t)) for t in trees]
     for k, tree in tqdm(shapes, desc="k sweep", disable=not progress):
         r = benchmark(target, draft, prompts, k=k, max_new_tokens=max_new_tokens, repeats=repeats,
                       include_hf=include_hf, include_uncached=False, temperature=temperature,
@@ -309,7 +321,7 @@ def sweep_k(
             "hf_outputs_match_target": r.matches_target(hf)}
         runs.append({
             "k": k,
-            "tree": None if tree is None else list(tree),
+            "tree": None if tree is None else tree_json(tree),
             "tokens_per_s": spec.tokens_per_s,
             "target_only_tokens_per_s": base.tokens_per_s,
             "speedup": r.ratio(SPEC_CACHED),

@@ -136,6 +136,28 @@ def positive_int_list(text: str) -> list[int]:
     return _ints_at_least(text, 1)
 
 
+DYNAMIC_TREES = ("dynamic", "dynamic-costs")  # --tree values that grow a tree per step instead of a fixed shape
+
+
+def tree_shape(text: str) -> list[int] | str:
+    """A --tree value: branching factors per depth ('2,2,1,1'), or 'dynamic' / 'dynamic-costs'."""
+    if text.strip() in DYNAMIC_TREES:
+        return text.strip()
+    try:
+        return _ints_at_least(text, 1)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"takes branching factors such as 2,2,1,1, or one of {', '.join(DYNAMIC_TREES)}; "
+                                         f"got {text!r}") from None
+
+
+def dynamic_settings(text: str) -> tuple[int, int, int]:
+    """--dynamic-tree DEPTH,TOP_K,BUDGET: three integers >= 1."""
+    values = _ints_at_least(text, 1)
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"takes DEPTH,TOP_K,BUDGET, three integers >= 1, e.g. 4,3,8; got {text!r}")
+    return tuple(values)
+
+
 @contextlib.contextmanager
 def library_errors_to_usage(parser: argparse.ArgumentParser, flag: str | None = None) -> Iterator[None]:
     """Turn a user-caused library error inside the block into `parser.error` (usage, one line, exit 2)."""

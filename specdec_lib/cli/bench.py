@@ -3,6 +3,7 @@
     python -m specdec_lib.bench --preset smollm2 --k 1,2,4,8 --out r.json --plot r.png
     python -m specdec_lib.bench --preset seed-gpt2 --alpha docs/results/cpu_smollm2.json --k 1,2
     python -m specdec_lib.bench --k 1,2,4 --tree 2,2,1,1 --tree 3,1
+    python -m specdec_lib.bench --draft eagle --k 1,2,3,4 --tree 2,2,1,1 --tree dynamic --tree dynamic-costs
     python -m specdec_lib.bench --cache static --compile --k 1,2,4
     python -m specdec_lib.bench compare --pair tiny-gpt2 --max-new-tokens 256
     python -m specdec_lib.bench compare --cache static --compile --out c.json
@@ -21,11 +22,12 @@ from transformers import PreTrainedModel
 
 from ..bench.batch_sweep import crossover, format_batch_sweep, sweep_batch
 from ..bench.report import chain_runs, device_name, format_report, pooled_alpha_c
-from ..bench.runs import SPEC_CACHED, BenchResult, benchmark, loop_label, loop_methods, sweep_k
+from ..bench.runs import SPEC_CACHED, BenchResult, benchmark, draft_model, loop_label, loop_methods, sweep_k
 from ..bench.seed_pair import SEED_PAIR_NAME, read_alpha, seed_sized_pair
 from ..bench.theory import optimal_k
 from ..bench.timing import measure_step_costs
 from ..drafters import PROMPT_LOOKUP, Drafter, ModelDrafter, draft_kind, draft_names
+from ..loop.tree_growth import DynamicTree
 from ..models import load_pair, pick_device
 from ..models.cpu_kernels import fast_on_cpu
 from ..prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, HELDOUT_PROMPTS, as_chat, load_prompts
@@ -39,6 +41,9 @@ from .args import (
     positive_int,
     positive_int_list,
     probability,
+    tree_shape,
+    DYNAMIC_TREES,
+    dynamic_settings,
     writable_path,
 )
 
@@ -101,9 +106,14 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
                         help="sweep batch sizes instead of K, e.g. 1,2,4,8,16 (chapter 11): target-only (ours and "
                         "transformers' generate), speculative at each --k (default 1,2) and the cost-aware draft, "
                         "on left-padded batches of the prompts")
-    parser.add_argument("--tree", type=positive_int_list, action="append", default=[],
-                        help="also time a token tree with these branching factors per depth, e.g. 2,2,1,1 "
-                        "(chapter 09; greedy, draft models only; repeat the flag for several trees)")
+    parser.add_argument("--tree", type=tree_shape, action="append", default=[],
+                        help="also time a token tree with these branching factors per depth, e.g. 2,2,1,1; 'dynamic': "
+                        "a tree grown each step where the draft is confident (EAGLE-2); 'dynamic-costs': the same, "
+                        "verifying only the nodes that pay by the step costs measured on this machine before timing "
+                        "(chapter 09; draft models and EAGLE heads; repeat the flag for several trees)")
+    parser.add_argument("--dynamic-tree", type=dynamic_settings, default=None, metavar="DEPTH,TOP_K,BUDGET",
+                        help="settings of the dynamic trees (default: DynamicTree's, "
+                        f"{DynamicTree().depth},{DynamicTree().top_k},{DynamicTree().budget})")
     parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 (default) is greedy")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--prompts", type=existing_file,
@@ -132,8 +142,10 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     _check_loop_flags(parser, args)
     if args.tree and args.compile:
         parser.error("--tree runs eagerly (its 4D masks change shape every step): drop --compile for tree runs")
-    if args.tree and (args.temperature > 0 or args.alpha is not None or args.draft == PROMPT_LOOKUP):
-        parser.error("--tree verifies greedily with a draft model: it needs --temperature 0, no --alpha and a draft model")
+    if args.tree and (args.alpha is not None or args.draft == PROMPT_LOOKUP):
+        parser.error("--tree checks a draft model's guesses: it needs a draft model and no --alpha")
+    if args.dynamic_tree and not any(t in DYNAMIC_TREES for t in args.tree):
+        parser.error("--dynamic-tree sets the dynamic trees' settings: add --tree dynamic or --tree dynamic-costs")
     if args.tree and (args.confidence_threshold is not None or args.schedule != "constant" or args.cost_aware):
         parser.error("--confidence-threshold, --schedule and --cost-aware shape chains of drafts; a --tree has a fixed shape")
     if args.batch:
@@ -190,10 +202,11 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         draft.costs = costs = measure_step_costs(target, model, prompts[0].to(target.device), max(args.k))
         print("step costs in single-token target calls: verify", {n: round(v, 3) for n, v in costs.verify.items()},
               f"draft {costs.draft:.3f}")
+    trees = [dynamic_tree(args, t, target, draft, prompts[0]) if t in DYNAMIC_TREES else t for t in args.tree]
     print(f"{name}\ndevice {target.device}, {args.dtype}, {loop_label(args.cache, args.compile)}, temperature {args.temperature}, "
           f"{'up to ' if chat else ''}{args.max_new_tokens} new tokens x {len(prompts)} prompts, median of {args.repeats} repeats")
     runs = sweep_k(target, draft, prompts, args.k, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                   temperature=args.temperature, impose_alpha=imposed, include_hf=args.hf, trees=args.tree,
+                   temperature=args.temperature, impose_alpha=imposed, include_hf=args.hf, trees=trees,
                    cache_implementation=args.cache, compile=args.compile, eos_token_id=eos)
     alpha, c = pooled_alpha_c(runs)
     best = max(chain_runs(runs), key=lambda r: r["speedup"])
@@ -217,6 +230,17 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         plot_k_sweep(runs, alpha, c, title=f"{name} ({device_name(target.device)}){loop}").savefig(args.plot, dpi=120)
         print("wrote", args.plot)
     return report
+
+
+def dynamic_tree(args: argparse.Namespace, kind: str, target: PreTrainedModel, draft, prompt: torch.Tensor) -> DynamicTree:
+    """The dynamic tree a --tree value asks for; 'dynamic-costs' measures the step costs now, so that no timed run pays for it."""
+    settings = args.dynamic_tree or (DynamicTree().depth, DynamicTree().top_k, DynamicTree().budget)
+    if kind != "dynamic-costs":
+        return DynamicTree(*settings)
+    costs = measure_step_costs(target, draft_model(draft), prompt.to(target.device), settings[2])
+    print("step costs for dynamic trees, in single-token target calls: verify",
+          {n: round(v, 3) for n, v in costs.verify.items()}, f"draft {costs.draft:.3f}")
+    return DynamicTree(*settings, costs=costs)
 
 
 def batch_report(args: argparse.Namespace, target: PreTrainedModel, draft, prompts: list, texts: list, name: str,

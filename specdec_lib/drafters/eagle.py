@@ -22,6 +22,8 @@ from ..loop.drafter import DrafterBase, Proposal, Verified
 from ..loop.kv_cache import CacheSpec, DynamicKV, croppable_cache, max_positions
 from ..loop.sampling import Sampler
 from ..loop.step import StepRecord
+from ..loop.tree import TokenTree, tree_attention_inputs
+from ..loop.tree_growth import Candidates, DynamicTree, grow
 from .model import check_same_vocab
 
 
@@ -56,6 +58,7 @@ class EagleDrafter(DrafterBase):
         self.kv: DynamicKV | None = None
         self.features: torch.Tensor | None = None  # (n, d): the target's features of positions 0..n-1
         self.trusted = 0  # head cache entries built from true features only
+        self.last_tree: Candidates | None = None  # every node the last tree step grew, with its chance (chapter 09)
 
     def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, cache: CacheSpec = CacheSpec()) -> None:
         """Check the head fits the target and start with no features and an empty head cache."""
@@ -67,35 +70,85 @@ class EagleDrafter(DrafterBase):
         self.features = torch.empty(0, self.model.config.hidden_size, device=self.model.device, dtype=self.model.dtype)
         self.calls, self.trusted = 0, 0
 
-    @torch.inference_mode()
-    def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
-        """Up to k tokens after seq (1, L): first feed the accepted tokens' true features, then its own predictions."""
+    def _root(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Feed the tokens accepted since the last step with their true features: (the feature predicted for
+        seq's last position (1, 1, d), the head's logits for the token after it (V_draft,)); None without features yet."""
         length, done = seq.shape[1], self.kv.length
-        limit = max_positions(self.model)
-        if limit is not None:
-            k = max(0, min(k, limit - length + 1))
         # Position j needs the feature at j and token j + 1: features must reach position L - 2.
-        if k == 0 or length < 2 or self.features.shape[0] < length - 1 or done >= length - 1:
-            return Proposal(seq.new_empty(0))
+        if length < 2 or self.features.shape[0] < length - 1 or done >= length - 1:
+            return None
         features = self.features[done : length - 1][None]
         tokens_in = seq[:, done + 1 :].to(self.model.device)
         self.trusted = length - 1
+        predicted, sub = self.model.features_forward(features, tokens_in, self.kv.cache)
+        self.calls += 1
+        return predicted[:, -1:], sub[0, -1]
+
+    def _room(self, seq: torch.Tensor, k: int) -> int:
+        """k, cut so that no draft goes past the head's context limit."""
+        limit = max_positions(self.model)
+        return k if limit is None else max(0, min(k, limit - seq.shape[1] + 1))
+
+    @torch.inference_mode()
+    def propose(self, seq: torch.Tensor, k: int, sampler: Sampler) -> Proposal:
+        """Up to k tokens after seq (1, L): first feed the accepted tokens' true features, then its own predictions."""
+        k = self._room(seq, k)
+        root = self._root(seq) if k > 0 else None
+        if root is None:
+            return Proposal(seq.new_empty(0))
+        features, sub = root
         tokens, probs = [], []
-        for _ in range(k):
-            predicted, sub = self.model.features_forward(features, tokens_in, self.kv.cache)
-            self.calls += 1
-            token, q = sampler.choose(self.model.full_logits(sub[0, -1]))
+        for i in range(k):
+            token, q = sampler.choose(self.model.full_logits(sub))
             tokens.append(token.view(1))
             probs.append(q)
-            features, tokens_in = predicted[:, -1:], token.view(1, 1)
+            if i + 1 < k:  # the next draft reads this one's predicted feature
+                predicted, out = self.model.features_forward(features, token.view(1, 1), self.kv.cache)
+                self.calls += 1
+                features, sub = predicted[:, -1:], out[0, -1]
         drafted = torch.cat(tokens).to(seq.device)
         return Proposal(drafted, None if sampler.greedy else torch.stack(probs).to(seq.device))
+
+    @torch.inference_mode()
+    def propose_tree(self, seq: torch.Tensor, tree: TokenTree | DynamicTree) -> Proposal:
+        """Fill a fixed tree, or grow one where the head is confident (chapter 09), in feature space.
+
+        A node's input is its parent's predicted feature and its own token; each depth feeds its new
+        nodes with a tree mask over the head's cache (committed entries and the nodes above). The
+        grown candidates stay in `last_tree`, for plots.
+        """
+        tree = tree.truncated(self._room(seq, tree.depth))
+        root = self._root(seq) if tree is not None else None
+        if root is None:
+            return Proposal(seq.new_empty(0))
+        root_feature, sub = root
+        committed = seq.shape[1] - 1  # head entries of the committed text: entry j holds (feature j, token j + 1)
+        outputs: list[torch.Tensor] = []  # the feature predicted at each fed node, in feeding order
+
+        def expand(tokens: torch.Tensor, fed: TokenTree, new: int) -> torch.Tensor:
+            first = fed.size - new
+            inputs = torch.cat([root_feature[0] if fed.parents[i] < 0 else outputs[fed.parents[i]][None]
+                                for i in range(first, fed.size)])
+            positions, mask = tree_attention_inputs(self.model, self.kv.cache, committed, fed, self.kv.length)
+            predicted, out = self.model.features_forward(inputs[None], tokens[first:].view(1, -1).to(self.model.device),
+                                                         self.kv.cache, attention_mask=mask, position_ids=positions)
+            self.calls += 1
+            outputs.extend(predicted[0])
+            return self.model.full_logits(out[0])
+
+        nodes, shape, self.last_tree = grow(tree, self.model.full_logits(sub), expand)
+        self.kv.rollback(self.trusted)  # the nodes were guesses
+        return Proposal(nodes.to(seq.device), tree=shape) if shape is not None else Proposal(seq.new_empty(0))
 
     def update(self, seq: torch.Tensor, record: StepRecord, verified: Verified) -> None:
         """Keep the target's features of every position now in seq but the newest; drop cache entries built on guesses."""
         if verified.hidden is None:
             raise ValueError("EagleDrafter needs the target's hidden states; the loop passes them when needs_hidden_states is True")
         hidden = verified.hidden.to(self.features.device, self.features.dtype)
+        if record.tree is not None and not record.tree.is_chain:  # a tree's accepted nodes are scattered among the others'
+            tail = hidden.shape[0] - record.tree.size
+            path = torch.tensor(record.path, dtype=torch.long, device=hidden.device)
+            hidden = torch.cat([hidden[:tail], hidden[tail + path]])
         # Features of rejected drafts are cut off; the newest token has no feature until it is fed.
         self.features = torch.cat([self.features[: verified.first_position], hidden])[: seq.shape[1] - 1]
         self.kv.rollback(min(self.trusted, self.kv.length))

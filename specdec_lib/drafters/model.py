@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import StaticLayer
 from transformers.utils import logging as hf_logging
 
 from ..loop.batch import BatchProposal, BatchRunner, BatchVerified, Rows
@@ -17,6 +18,7 @@ from ..loop.kv_cache import CacheSpec, ModelRunner, max_positions
 from ..loop.sampling import Sampler
 from ..loop.step import StepRecord
 from ..loop.tree import TokenTree, tree_forward
+from ..loop.tree_growth import Candidates, DynamicTree, grow
 
 HF_ASSISTED = "HF assisted generation"  # the benchmark's name for transformers' counterpart of a draft model
 
@@ -163,6 +165,7 @@ class ModelDrafter(DrafterBase):
         self.length: int | None = None  # the heuristic schedule's current draft length
         self.proposed = 0  # how many tokens the last proposal held
         self._outcomes = list(PRIOR_SEEN)  # [drafts accepted, drafts rejected] in this run, for the costs' plan
+        self.last_tree: Candidates | None = None  # every node the last tree step grew, with its chance (chapter 09)
 
     @property
     def calls(self) -> int:
@@ -225,31 +228,31 @@ class ModelDrafter(DrafterBase):
                 self._outcomes[0] += record.n_accepted
                 self._outcomes[1] += record.n_accepted < len(record.draft_tokens)
 
-    def propose_tree(self, seq: torch.Tensor, tree: TokenTree) -> Proposal:
-        """Fill a token tree (chapter 09): a node's children are the draft's best guesses after it, one draft call per depth.
+    def propose_tree(self, seq: torch.Tensor, tree: TokenTree | DynamicTree) -> Proposal:
+        """Fill a fixed tree, or grow one where the draft is confident (chapter 09); one draft call per depth.
 
-        Greedy only. The tree may come back cut at a shallower depth near the draft's context limit.
+        Each depth feeds only its new nodes with a tree mask: the nodes above stay in the draft's
+        cache until the step is over. The tree may come back shallower near the draft's context limit.
+        The grown candidates stay in `last_tree`, for plots.
         """
         limit = max_positions(self.model)
-        depth = tree.depth if limit is None else min(tree.depth, limit - seq.shape[1] + 1)
-        tree, self.proposed = tree.truncated(depth), 0  # the length schedule is for chains
+        tree, self.proposed = tree if limit is None else tree.truncated(min(tree.depth, limit - seq.shape[1] + 1)), 0
         if tree is None:
             return Proposal(seq.new_empty(0))
-        ranks = tree.child_ranks()
-        logits, above = self.runner.logits(seq), range(0, 1)  # rows: the root, then each depth's nodes in turn
-        nodes = seq.new_empty(0)
-        for d in range(1, depth + 1):
-            level = tree.level(d)
-            rows = [max(tree.parents[i] - above.start, 0) for i in level]  # each node's parent's row (root: 0)
-            level_ranks = [ranks[i] for i in level]
-            top = logits.topk(max(level_ranks) + 1, dim=-1).indices  # every parent's best guesses, best first
-            pick = torch.tensor([rows, level_ranks], device=top.device)  # built on the host: no device sync
-            nodes = torch.cat([nodes, top[pick[0], pick[1]].to(seq.device)])
-            if d < depth:  # the deepest nodes need no guesses after them
-                logits = tree_forward(self.runner, seq, nodes, TokenTree(tree.parents[: level.stop]), keep=len(level))[0]
-                self.runner.rollback(seq.shape[1])  # keep the committed text cached; nodes are re-fed next depth
-                above = level
-        return Proposal(nodes, tree=tree)
+        root = self.runner.logits(seq)[-1]
+        # A dynamic sliding-window layer evicts keys by count, not by position, so cached nodes would
+        # push committed keys out of it: there every depth feeds all the nodes again instead.
+        refeed = self.runner.cache is not None and any(getattr(layer, "is_sliding", False) and not isinstance(layer, StaticLayer)
+                                                       for layer in self.runner.cache.layers)
+
+        def expand(tokens: torch.Tensor, fed: TokenTree, new: int) -> torch.Tensor:
+            if refeed:
+                self.runner.rollback(seq.shape[1])
+            return tree_forward(self.runner, seq, tokens.to(seq.device), fed, keep=new)[0]
+
+        nodes, shape, self.last_tree = grow(tree, root, expand)
+        self.runner.rollback(seq.shape[1])  # the committed text stays cached; the nodes were guesses
+        return Proposal(nodes.to(seq.device), tree=shape) if shape is not None else Proposal(seq.new_empty(0))
 
     def update(self, seq: torch.Tensor, record: StepRecord, verified: Verified) -> None:
         """Keep only cache entries of tokens still in seq (its newest token is not fed yet); adapt the schedule."""

@@ -7,7 +7,8 @@
 - sampling: the Sampler, logits_to_probs and rejection_verify, lossless sampling (chapter 03)
 - sampling_check: a toy step, planted bugs and chi-square tests that tell them apart (chapter 03)
 - kv_cache: ModelRunner and one cache interface (DynamicKV, StaticKV: rollback, keep), chapter 04 and 10
-- tree: token trees, their 4D masks and greedy paths (chapter 09)
+- tree: token trees, their 4D masks, greedy paths and lossless sampling on them (chapter 09)
+- tree_growth: how a drafter fills a tree: a fixed shape, or a dynamic tree grown where it is confident (EAGLE-2)
 - batch: many requests at once: left-padded rows, a cache with one length per row, the batched step (chapter 11)
 - timer: the library's one timer, synchronised on CUDA
 """
@@ -17,5 +18,6 @@ from .sampling import Sampler, logits_to_probs, rejection_verify, sample
 from .kv_cache import CacheSpec, DynamicKV, ModelRunner, StaticKV, crop_cache
 from .drafter import Drafter, DrafterBase, Proposal, TreeDrafter, Verified, as_drafter, register_adapter
 from .step import GREEDY, REJECTION, StepRecord, speculative_step
+from .tree_growth import DynamicTree
 from .batch import BatchKV, BatchRunner, Rows, batch_step
 from .generate import SpecOutput, SpecStats, autoregressive_generate, pool_steps, speculative_generate

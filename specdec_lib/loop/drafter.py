@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from .kv_cache import CacheSpec
 from .sampling import Sampler
 from .tree import TokenTree
+from .tree_growth import DynamicTree
 
 if TYPE_CHECKING:  # only for type hints: the step module imports this one
     from .step import StepRecord
@@ -85,8 +86,9 @@ class Drafter(Protocol):
 class TreeDrafter(Drafter, Protocol):
     """A drafter that can also fill a token tree with several guesses per position (chapter 09)."""
 
-    def propose_tree(self, seq: torch.Tensor, tree: TokenTree) -> Proposal:
-        """One token per node of `tree` (breadth-first), or of a shallower cut of it; greedy only."""
+    def propose_tree(self, seq: torch.Tensor, tree: TokenTree | DynamicTree) -> Proposal:
+        """One token per node of a fixed `tree` (breadth-first), or of a shallower cut of it; or a tree grown
+        under a `DynamicTree`'s settings. Chosen by the draft alone (its top guesses), so any sampling stays exact."""
 
 
 class DrafterBase:

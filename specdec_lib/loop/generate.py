@@ -16,6 +16,7 @@ from .sampling import Sampler
 from .batch import BatchDrafter, BatchRunner, Rows, batch_step
 from .step import Rule, StepRecord, pick_rule, speculative_step
 from .tree import TokenTree, check_branching
+from .tree_growth import DynamicTree
 
 
 @dataclass
@@ -278,17 +279,28 @@ def run_settings(sampler: Sampler | None, cache: CacheSpec | None, **keywords) -
     return sampler, cache
 
 
+def tree_plan(tree: Sequence[int] | str | DynamicTree) -> TokenTree | DynamicTree:
+    """What `tree=` asks for: branching factors per depth (a fixed shape), or "dynamic" / a `DynamicTree` (EAGLE-2)."""
+    if isinstance(tree, DynamicTree):
+        return tree
+    if isinstance(tree, str):
+        if tree != "dynamic":
+            raise ValueError(f"tree must be branching factors such as (2, 2, 1, 1), 'dynamic' or a DynamicTree, got {tree!r}")
+        return DynamicTree()
+    return TokenTree.from_branching(check_branching(tree))
+
+
 def _check_draft_args(
-    drafter: Drafter, k: int, tree: Sequence[int] | None, rule: Rule, compile: bool
-) -> TokenTree | None:
-    """Validate k and the tree against the drafter, the rule and the cache; return the tree's shape (None: chains)."""
+    drafter: Drafter, k: int, tree: Sequence[int] | str | DynamicTree | None, rule: Rule, compile: bool
+) -> TokenTree | DynamicTree | None:
+    """Validate k and the tree against the drafter and the cache; return the tree's shape or plan (None: chains)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (draft tokens per step) must be an integer >= 1, got {k!r}")
     if tree is None:
         return None
-    shape = TokenTree.from_branching(check_branching(tree))
-    if rule.name != "greedy":
-        raise NotImplementedError("token trees verify greedily only: use temperature=0 (and verifier 'auto' or 'greedy')")
+    shape = tree_plan(tree)
+    if rule.name not in ("greedy", "rejection"):
+        raise NotImplementedError(f"token trees verify with the greedy or the rejection rule, not {rule.name!r}")
     if not isinstance(drafter, TreeDrafter):
         raise ValueError(f"{type(drafter).__name__} can't draft token trees (it has no propose_tree); use a draft model")
     if compile:
@@ -304,7 +316,7 @@ def speculative_generate(
     *,
     max_new_tokens: int,
     k: int = 4,
-    tree: Sequence[int] | None = None,
+    tree: Sequence[int] | str | DynamicTree | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -326,7 +338,8 @@ def speculative_generate(
     the target's samples otherwise. ``verifier="rejection"`` forces the sampling rule even at
     temperature 0 (it then reduces to greedy); ``"greedy"`` requires temperature 0.
     ``tree=(2, 2, 1, 1)`` drafts a token tree with these branching factors per depth instead of a
-    chain (chapter 09; greedy only, and `k` is then ignored), on either cache.
+    chain, and ``tree="dynamic"`` (or a `DynamicTree`) lets the drafter grow one where it is
+    confident (chapter 09; `k` is then ignored), on either cache, greedy or sampling.
     ``cache_implementation="static"`` preallocates both models' caches and rolls back by moving the
     write position; ``compile=True`` then compiles the fixed-size calls (chapter 10; chains only).
     ``sampler`` and ``cache`` (a `Sampler`, a `CacheSpec`) may replace the sampling and cache keywords.
@@ -349,7 +362,8 @@ def speculative_generate(
         return _speculative_batch(target, drafter, rows, max_new_tokens, k, rule, sampler, spec, eos)
     shape = _check_draft_args(drafter, k, tree, rule, spec.compile)
     seq = _prepare_prompt(target, input_ids, max_new_tokens)
-    drafts = k if shape is None else shape.size  # the most positions one verification adds after the text
+    # The most positions one step adds after the text, to the target's cache or the draft's.
+    drafts = k if shape is None else shape.size if isinstance(shape, TokenTree) else shape.positions
     spec = dataclasses.replace(spec, max_length=seq.shape[1] + max_new_tokens + drafts + 1)
     runner = ModelRunner(target, spec=spec, compiled_lengths=(k + 1,))  # a full step: the last token + k drafts
     drafter.start(target, seq, cache=spec)

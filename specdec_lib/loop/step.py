@@ -15,7 +15,8 @@ import torch
 from .drafter import Drafter, Proposal, Verified
 from .kv_cache import ModelRunner
 from .sampling import Sampler, rejection_verify_tensors
-from .tree import TokenTree, greedy_tree_verdict, tree_forward
+from .tree import TokenTree, greedy_tree_verdict, sample_tree_verdict, tree_forward
+from .tree_growth import DynamicTree
 
 
 @dataclass
@@ -81,16 +82,22 @@ class GreedyRule:
 
 
 class RejectionRule:
-    """Chapter 03's rule on a chain: accept draft x with probability min(1, p(x)/q(x)), else draw from the residual."""
+    """Chapter 03's rule: accept draft x with probability min(1, p(x)/q(x)), else draw from the residual; on a tree, sibling by sibling."""
 
     name = "rejection"
 
     def judge(self, proposal: Proposal, logits: torch.Tensor, sampler: Sampler) -> StepRecord:
         """Drafts passed and the next token, with p(x) and q(x) of every draft for the record."""
-        if proposal.tree is not None and not proposal.tree.is_chain:
-            raise NotImplementedError("token trees verify greedily only: use temperature=0")
-        drafts, k = proposal.tokens, proposal.tokens.shape[0]
         target_probs, draft_probs = sampler.probs(logits), proposal.probs
+        tree = proposal.tree
+        if tree is not None and not tree.is_chain:  # chapter 09: try each node's children in turn
+            path, next_token, tokens = sample_tree_verdict(proposal.tokens, tree, target_probs, draft_probs, sampler.generator)
+            rows = torch.tensor([p + 1 for p in tree.parents], device=target_probs.device)  # each node's parent's row
+            index = proposal.tokens.to(target_probs.device)
+            p = target_probs[rows, index].tolist()
+            q = [1.0] * tree.size if draft_probs is None else draft_probs[torch.arange(tree.size), index.to(draft_probs.device)].tolist()
+            return StepRecord(tokens, len(path), next_token, p, q, tree=tree, path=path)
+        drafts, k = proposal.tokens, proposal.tokens.shape[0]
         if draft_probs is None:  # a deterministic draft is a sampler whose q is one-hot
             draft_probs = torch.nn.functional.one_hot(drafts, logits.shape[-1]).float()
         n, nxt = rejection_verify_tensors(drafts, draft_probs, target_probs, sampler.generator)
@@ -116,8 +123,8 @@ def pick_rule(verifier: Literal["auto", "greedy", "rejection"] | Rule, sampler: 
     return REJECTION if verifier == "rejection" or not sampler.greedy else GREEDY
 
 
-def propose(drafter: Drafter, seq: torch.Tensor, k: int, tree: TokenTree | None, sampler: Sampler) -> Proposal:
-    """The drafter's proposal: up to k chained tokens, or one per node of `tree`; nothing when there is no room."""
+def propose(drafter: Drafter, seq: torch.Tensor, k: int, tree: TokenTree | DynamicTree | None, sampler: Sampler) -> Proposal:
+    """The drafter's proposal: up to k chained tokens, or a tree (a fixed shape's nodes, or one it grows); nothing when there is no room."""
     if tree is None:
         return drafter.propose(seq, k, sampler) if k > 0 else Proposal(seq.new_empty(0))
     proposal = drafter.propose_tree(seq, tree)
@@ -129,7 +136,7 @@ def propose(drafter: Drafter, seq: torch.Tensor, k: int, tree: TokenTree | None,
 @torch.inference_mode()
 def speculative_step(
     runner: ModelRunner, drafter: Drafter, seq: torch.Tensor, rule: Rule, sampler: Sampler, *,
-    k: int = 0, tree: TokenTree | None = None,
+    k: int = 0, tree: TokenTree | DynamicTree | None = None,
 ) -> tuple[StepRecord, torch.Tensor]:
     """One round: draft k tokens (or a tree), verify them in one target call, keep what passed; (record, new seq)."""
     proposal = propose(drafter, seq, k, tree, sampler)

@@ -19,6 +19,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, StaticLayer
 
 from .kv_cache import DynamicKV, ModelRunner
+from .sampling import residual_distribution, sample
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ def check_branching(branching: Sequence[int]) -> tuple[int, ...]:
 def allowed_attention(tree: TokenTree, committed: int, rows: int, columns: int, window: int | None = None) -> torch.Tensor:
     """(rows, columns) bool: which keys each fed position may attend to, for the sequence committed text + tree nodes.
 
-    Rows are the last `rows` positions of that sequence (the tree nodes are its last `tree.size`),
-    columns its last `columns` keys (a sliding-window cache layer holds fewer). Committed tokens are
+    Rows are the last `rows` positions of that sequence (the tree nodes are its last `tree.size`; a
+    draft growing a tree feeds only the newest), columns its last `columns` keys (a sliding-window cache layer holds fewer). Committed tokens are
     causal; a node sees all committed tokens and its ancestors; with a `window`, a query at
     position p sees keys at positions > p - window, positions counted as in the chain.
     """
@@ -137,7 +138,10 @@ def allowed_attention(tree: TokenTree, committed: int, rows: int, columns: int, 
     r = torch.arange(total - rows, total)
     c = torch.arange(total - columns, total)
     allowed = c[None, :] <= r[:, None]  # causal by index; nodes come after every committed token
-    allowed[-tree.size :, -tree.size :] = tree.ancestors()  # rows and columns always include every node
+    # Among the nodes, a node sees its ancestors only. Fed rows may start after the first nodes (a
+    # draft growing a tree feeds each depth's new nodes); columns hold every node but in a short window.
+    n_rows, n_columns = min(rows, tree.size), min(columns, tree.size)
+    allowed[-n_rows:, -n_columns:] = tree.ancestors()[-n_rows:, -n_columns:]
     if window is not None:
         positions = torch.cat([torch.arange(committed), committed - 1 + torch.tensor(tree.depths)])
         allowed &= (positions[r][:, None] - positions[c][None, :]) < window
@@ -171,7 +175,10 @@ def _attention_layers(model: PreTrainedModel, cache: Cache | None) -> dict[str, 
 def tree_attention_inputs(
     model: PreTrainedModel, cache: Cache | None, committed: int, tree: TokenTree, cached: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
-    """position_ids (1, q) and the 4D attention mask(s) for feeding committed text (its uncached tail) + all tree nodes.
+    """position_ids (1, q) and the 4D attention mask(s) for feeding committed text + tree nodes, all but the `cached` first.
+
+    Usually the cache holds part of the committed text and every node is new; a draft growing a
+    tree depth by depth (`tree_growth`) has its earlier nodes cached too, and feeds the newest only.
 
     A model with one attention type gets one mask; a hybrid (e.g. Qwen2 with some sliding-window
     layers) gets transformers' mapping from layer type to mask. A static cache's keys are its
@@ -197,7 +204,8 @@ def tree_attention_inputs(
             allowed = allowed_attention(tree, committed, rows, columns, window)
         masks[name] = _additive(allowed, model)
     depths = torch.tensor(tree.depths, device=model.device)
-    positions = torch.cat([torch.arange(cached, committed, device=model.device), committed - 1 + depths])
+    # Every position of committed text + nodes; the cache may hold some nodes already (a draft growing a tree).
+    positions = torch.cat([torch.arange(committed, device=model.device), committed - 1 + depths])[cached:]
     mask = next(iter(masks.values())) if len(masks) == 1 else masks
     return positions[None], mask
 
@@ -236,6 +244,56 @@ def greedy_tree_verdict(nodes: torch.Tensor, tree: TokenTree, logits: torch.Tens
             return path, best[node + 1], tokens
         path.append(child)
         node = child
+
+
+def after_rejection(residual: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The distribution the next sibling is tested against once a draft from q failed: normalized max(0, residual - q)."""
+    return residual_distribution(residual, q)
+
+
+def sample_tree_verdict(
+    nodes: torch.Tensor, tree: TokenTree, target_probs: torch.Tensor, draft_probs: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], int, list[int]]:
+    """Lossless sampling on a tree (SpecInfer's multi-draft rejection, EAGLE's `evaluate_posterior`): (path, next token, node tokens).
+
+    Start at the root with r = the target's distribution there. Try its children in order: child c
+    passes with probability min(1, r(x_c) / q_c(x_c)); if it does, move to c (r = the target's
+    distribution after c) and go on; if not, r = normalized max(0, r - q_c) and try the next
+    sibling. When no child passes, or a leaf is reached, the next token is drawn from r.
+    `draft_probs[c]` is q_c, the distribution node c was drawn from given its earlier siblings;
+    None means the tokens were chosen deterministically (top-k), q_c one-hot on x_c, so a failed
+    sibling's token is simply struck out of r. Each stage is chapter 03's rejection step, which
+    returns a token distributed as r: by induction from the last sibling up, every emitted token is
+    distributed exactly as the target's own sample.
+    target_probs (size + 1, V): row 0 after the committed text, row c + 1 after node c.
+    """
+    n = tree.size
+    if target_probs.dim() != 2 or target_probs.shape[0] != n + 1:
+        raise ValueError(f"target_probs must have shape (size + 1, V) = ({n + 1}, V), got {tuple(target_probs.shape)}")
+    # One uniform per node, drawn up front, so that a seeded run is reproducible; then the walk runs on the host.
+    uniforms = torch.rand(n, generator=generator, device=target_probs.device).tolist()
+    probs = target_probs.float().cpu()
+    q_all = None if draft_probs is None else draft_probs.float().cpu()
+    tokens = nodes.view(-1).tolist()
+    children: dict[int, list[int]] = {}
+    for c, p in enumerate(tree.parents):
+        children.setdefault(p, []).append(c)
+    path: list[int] = []
+    node, residual = -1, probs[0]
+    while node in children:
+        for c in children[node]:
+            x = tokens[c]
+            q = torch.nn.functional.one_hot(torch.tensor(x), probs.shape[-1]).float() if q_all is None else q_all[c]
+            if uniforms[c] * float(q[x]) < float(residual[x]):  # u < r/q without dividing; q(x) = 0 passes iff r(x) > 0
+                path.append(c)
+                node, residual = c, probs[c + 1]
+                break
+            residual = after_rejection(residual, q)
+        else:  # every sibling failed: the next token comes from what is left of r
+            break
+    next_token = int(sample(residual.to(target_probs.device), generator))
+    return path, next_token, tokens
 
 
 def keep_path_in_cache(cache: DynamicCache | None, n_nodes: int, path: Sequence[int]) -> None:

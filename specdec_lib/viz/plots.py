@@ -10,9 +10,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..bench.report import run_label
 from ..bench.theory import estimate_alpha, expected_speedup, expected_tokens_per_step
 from ..loop.generate import SpecStats, pool_steps
 from ..loop.tree import TokenTree, allowed_attention
+from ..loop.tree_growth import Candidates
 
 MEASURED, PREDICTED, TREE = "#0072B2", "#E69F00", "#009E73"  # Okabe-Ito blue, orange and green
 TITLE_WIDTH = 110  # characters per title line that fit a 10-inch figure at font size 10
@@ -39,8 +41,10 @@ def plot_k_sweep(runs: Sequence[Mapping], alpha: float, c: float, title: str = "
     for ax, key in ((left, "speedup"), (right, "tokens_per_target_call")):
         for i, r in enumerate(trees):
             ax.plot(r["k"], r[key], "*", ms=11, color=TREE, label="token trees (depth on x)" if i == 0 else None)
-            ax.annotate(str(tuple(r["tree"])), (r["k"], r[key]), textcoords="offset points",
-                        xytext=(6, 4), fontsize=8)
+            # Labels of trees at the same depth would print over each other: each one's row is its rank there.
+            row = sum(1 for other in trees[:i] if other["k"] == r["k"])
+            ax.annotate(run_label(r), (r["k"], r[key]), textcoords="offset points",
+                        xytext=(6, 4 - 10 * row), fontsize=8)
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -152,6 +156,46 @@ def plot_tree_step(tree: TokenTree, labels: Sequence[str], path: Sequence[int], 
     right.axvline(committed - 0.5, color="black", lw=0.8)
     right.set(xlabel=f"keys: {committed} committed tokens (c0..), then the nodes", ylabel="queries: the nodes",
               title="Tree attention mask (green: may attend)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_grown_tree(grown: Candidates, labels: Sequence[str], accepted: Sequence[int] = (), root_label: str = "root",
+                    width: float = 12.0) -> Figure:
+    """A dynamic tree step (chapter 09): every candidate the draft grew, with its chance; the verified ones, the fed ones, the accepted path.
+
+    `labels[c]` is candidate c's token as text, `accepted` the candidates the target accepted.
+    Each depth is a column, ordered by parent then chance, so siblings sit together.
+    """
+    depth = max(grown.depths)
+    fig, ax = plt.subplots(figsize=(width, 1.2 + 0.42 * max(grown.depths.count(d) for d in range(1, depth + 1))))
+    xy: dict[int, tuple[float, float]] = {-1: (0.0, 0.5)}
+    for d in range(1, depth + 1):
+        level = sorted((c for c in range(len(grown.tokens)) if grown.depths[c] == d),
+                       key=lambda c: (-xy[grown.parents[c]][1], -grown.chances[c]))
+        for j, c in enumerate(level):
+            xy[c] = (float(d), 1 - (j + 0.5) / len(level))
+    chosen, fed, path = set(grown.chosen), set(grown.fed), set(accepted)
+    for c, parent in enumerate(grown.parents):
+        (x0, y0), (x1, y1) = xy[parent], xy[c]
+        colour = TREE if c in path else (MEASURED if c in chosen else "#DDDDDD")
+        ax.plot([x0 + 0.18, x1 - 0.18], [y0, y1], color=colour, lw=2.2 if c in path else 0.9, zorder=1)
+    for c, (x, y) in xy.items():
+        if c < 0:
+            ax.text(x, y, root_label, ha="center", va="center", fontsize=9, bbox=dict(boxstyle="round", fc="white", ec=TREE))
+            continue
+        face = "#D5F0E6" if c in path else ("#DCE9F5" if c in chosen else "#F7F7F7")
+        ax.text(x, y, f"{labels[c]}  {grown.chances[c]:.2f}", ha="center", va="center", fontsize=8, zorder=2,
+                color="black" if c in chosen else "#888888",
+                bbox=dict(boxstyle="round,pad=0.25", fc=face, ec="black" if c in fed else "#BBBBBB",
+                          lw=1.4 if c in fed else 0.6))
+    ax.set(xlim=(-0.5, depth + 0.5), ylim=(-0.03, 1.03),
+           title=f"Dynamic tree: {len(grown.tokens)} candidates grown, {len(chosen)} verified (blue), the accepted path in green\n"
+                 "black frame: expanded (fed to the draft); number: the draft's chance of the node's whole path")
+    ax.set_xticks(range(depth + 1), ["root"] + [f"depth {d}" for d in range(1, depth + 1)])
+    ax.set_yticks([])
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
     fig.tight_layout()
     return fig
 
