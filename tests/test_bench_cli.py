@@ -261,8 +261,8 @@ def test_k_sweep_plot_marks_trees():
     runs.append({"k": 4, "tree": [2, 2, 1, 1], "speedup": 1.5, "tokens_per_target_call": 2.5})
     left, right = plot_k_sweep(runs, alpha=0.7, c=0.1).axes[:2]
     assert list(left.lines[1].get_xdata()) == [1, 2]
-    star = [line for line in left.lines if line.get_label().startswith("token trees")]
-    assert len(star) == 1 and list(star[0].get_xdata()) == [4] and left.texts[0].get_text() == "(2, 2, 1, 1)"
+    trees = [line for line in left.lines if line.get_label().startswith("tree ")]
+    assert len(trees) == 1 and list(trees[0].get_xdata()) == [4] and trees[0].get_label() == "tree (2, 2, 1, 1) (depth on x)"
 
 
 def test_tree_step_plot_highlights_the_path_and_draws_the_mask():

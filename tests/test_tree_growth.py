@@ -160,8 +160,10 @@ def greedy_reference(arch: str, level: str) -> list[torch.Tensor]:
             for p in prompts()[::3]]
 
 
-@pytest.mark.parametrize("plan", [DYNAMIC[0], DYNAMIC[1], pytest.param(DYNAMIC[2], marks=pytest.mark.slow)], ids=str)
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("plan, cache", [(DYNAMIC[0], "dynamic"), (DYNAMIC[1], "static"),
+                                         pytest.param(DYNAMIC[2], "dynamic", marks=pytest.mark.slow),
+                                         pytest.param(DYNAMIC[0], "static", marks=pytest.mark.slow)],
+                         ids=["default-dynamic", "small-static", "wide-dynamic", "default-static"])
 @pytest.mark.parametrize("level", AGREEMENT)
 @pytest.mark.parametrize("arch", ARCHS + SLIDING_ARCHS)
 def test_dynamic_tree_equals_target_greedy(arch, level, cache, plan):

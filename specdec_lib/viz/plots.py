@@ -17,19 +17,20 @@ from ..loop.tree import TokenTree, allowed_attention
 from ..loop.tree_growth import Candidates
 
 MEASURED, PREDICTED, TREE = "#0072B2", "#E69F00", "#009E73"  # Okabe-Ito blue, orange and green
+TREE_MARKERS = ("*", "P", "X", "D", "^", "v", "p", "h")  # one per tree run of a sweep
 TITLE_WIDTH = 110  # characters per title line that fit a 10-inch figure at font size 10
 
 
 def plot_k_sweep(runs: Sequence[Mapping], alpha: float, c: float, title: str = "") -> Figure:
     """Two panels over K: speedup and tokens per target call, predicted curves with measured points.
 
-    Token-tree runs (with a `tree` key, chapter 09) are drawn as labelled stars at their depth.
+    Token-tree runs (with a `tree` key, chapter 09) are drawn at their depth, one marker each, named in the legend.
     """
     trees = [r for r in runs if r.get("tree")]
     runs = [r for r in runs if not r.get("tree")]
     ks = [r["k"] for r in runs]
     grid = np.arange(1, max(ks + [r["k"] for r in trees]) + 1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.6))
     left.plot(grid, [expected_speedup(alpha, k, c) for k in grid], "--", color=PREDICTED,
               label=f"predicted (α={alpha:.2f}, c={c:.2f})")
     left.plot(ks, [r["speedup"] for r in runs], "o", color=MEASURED, label="measured")
@@ -39,16 +40,14 @@ def plot_k_sweep(runs: Sequence[Mapping], alpha: float, c: float, title: str = "
     right.plot(ks, [r["tokens_per_target_call"] for r in runs], "s", color=MEASURED, label="measured")
     right.set(xlabel="K (draft tokens per step)", ylabel="new tokens per target call", title="Tokens per target call")
     for ax, key in ((left, "speedup"), (right, "tokens_per_target_call")):
-        for i, r in enumerate(trees):
-            ax.plot(r["k"], r[key], "*", ms=11, color=TREE, label="token trees (depth on x)" if i == 0 else None)
-            # Labels of trees at the same depth would print over each other: each one's row is its rank there.
-            row = sum(1 for other in trees[:i] if other["k"] == r["k"])
-            ax.annotate(run_label(r), (r["k"], r[key]), textcoords="offset points",
-                        xytext=(6, 4 - 10 * row), fontsize=8)
+        for i, r in enumerate(trees):  # one marker per tree, named in the legend: labels beside points would overlap
+            ax.plot(r["k"], r[key], TREE_MARKERS[i % len(TREE_MARKERS)], ms=10, color=TREE, ls="none",
+                    label=f"tree {run_label(r)} (depth on x)")
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        # Below the panel, so that it never covers a point.
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     if title:  # wrapped, so that a long pair name is never cut off at the figure's edge
         fig.suptitle("\n".join(textwrap.fill(line, TITLE_WIDTH) for line in title.splitlines()), fontsize=10)
     fig.tight_layout()
