@@ -18,7 +18,7 @@ import torch
 import specdec_lib.loop.tree as tree_module
 from conftest import AGREEMENT, ARCHS, SLIDING_ARCHS, cached_pair, prompts
 from specdec_lib import speculative_generate
-from specdec_lib.drafters import EagleDrafter, ModelDrafter, StepCosts
+from specdec_lib.drafters import EagleDrafter, ModelDrafter, Proposal, StepCosts
 from specdec_lib.loop.sampling_check import chi2_pvalue
 from specdec_lib.loop.tree import TokenTree, sample_tree_verdict
 from specdec_lib.loop.tree_growth import Candidates, DynamicTree, grow, grow_dynamic
@@ -148,6 +148,13 @@ def test_bad_tree_arguments_raise():
         speculative_generate(target, draft, prompts()[3], max_new_tokens=4, tree="dymanic")
     with pytest.raises(TypeError, match="StepCosts"):
         DynamicTree(costs={1: 1.0})
+
+    class Shapeless(ModelDrafter):  # a drafter that grows a tree but forgets to say which
+        def propose_tree(self, seq, tree):
+            return Proposal(super().propose_tree(seq, tree).tokens)
+
+    with pytest.raises(ValueError, match="returned no shape"):
+        speculative_generate(target, Shapeless(draft), prompts()[3], max_new_tokens=4, tree="dynamic")
 
 
 # --- greedy: exact on every kind of tree -----------------------------------------------------------

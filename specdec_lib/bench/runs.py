@@ -110,11 +110,7 @@ class BenchResult:
             lines.extend(f"{spec_name} vs {hf}: {self.ratio(spec_name, hf):.2f}x" for hf in hfs)
         if self.tree is not None:
             spec_run = self.methods[spec]
-            shape = tree_plan(self.tree)
-            name = f"dynamic tree (depth {self.k}, top-k {shape.top_k}, budget {shape.budget}" + (
-                ", sized by step costs)" if shape.costs is not None else ")") if isinstance(shape, DynamicTree) else (
-                f"tree {','.join(map(str, self.tree))} (depth {self.k})")
-            lines.append(f"{name}: "
+            lines.append(f"{_tree_name(self.tree, self.k)}: "
                          f"{spec_run.new_tokens / spec_run.target_calls:.2f} tokens per target call, c {self.c:.3f}")
             return "\n".join(lines)
         lines.append(
@@ -186,7 +182,7 @@ def benchmark(
     prompts = [p.to(device).view(1, -1) for p in prompts]
     limits = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
     if tree is not None:
-        tree = tree if isinstance(tree, (str, DynamicTree)) else tuple(tree)
+        tree = _as_tree(tree)
         k = tree_plan(tree).depth
 
     def sampler() -> Sampler:
@@ -264,6 +260,20 @@ def loop_methods(cache_implementation: str, compile: bool) -> tuple[str, str]:
     return f"target only ({label})", f"speculative ({label})"
 
 
+def _as_tree(tree: Sequence[int] | str | DynamicTree) -> tuple[int, ...] | str | DynamicTree:
+    """A `tree=` value kept as given, branching factors as a tuple (so a run's record never shares a caller's list)."""
+    return tree if isinstance(tree, (str, DynamicTree)) else tuple(tree)
+
+
+def _tree_name(tree: tuple[int, ...] | str | DynamicTree, depth: int) -> str:
+    """A tree run's name in a summary: its branching factors, or a dynamic tree's settings."""
+    shape = tree_plan(tree)
+    if isinstance(shape, DynamicTree):
+        sized = ", sized by step costs" if shape.costs is not None else ""
+        return f"dynamic tree (depth {depth}, top-k {shape.top_k}, budget {shape.budget}{sized})"
+    return f"tree {','.join(map(str, tree))} (depth {depth})"
+
+
 def tree_json(tree: Sequence[int] | str | DynamicTree) -> list[int] | dict:
     """A run's tree for its JSON: branching factors as a list, a dynamic tree's settings as a dict."""
     shape = tree_plan(tree)
@@ -308,7 +318,7 @@ def sweep_k(
     stops every method at that token.
     """
     runs = []
-    shapes = [(k, None) for k in ks] + [(tree_plan(t).depth, t if isinstance(t, (str, DynamicTree)) else tuple(t)) for t in trees]
+    shapes = [(k, None) for k in ks] + [(tree_plan(t).depth, _as_tree(t)) for t in trees]
     for k, tree in tqdm(shapes, desc="k sweep", disable=not progress):
         r = benchmark(target, draft, prompts, k=k, max_new_tokens=max_new_tokens, repeats=repeats,
                       include_hf=include_hf, include_uncached=False, temperature=temperature,

@@ -129,6 +129,9 @@ def propose(drafter: Drafter, seq: torch.Tensor, k: int, tree: TokenTree | Dynam
         return drafter.propose(seq, k, sampler) if k > 0 else Proposal(seq.new_empty(0))
     proposal = drafter.propose_tree(seq, tree)
     if proposal.tree is None and proposal.tokens.numel():  # the drafter filled a breadth-first prefix of the tree
+        if not isinstance(tree, TokenTree):
+            raise ValueError(f"{type(drafter).__name__}.propose_tree grew a dynamic tree but returned no shape: "
+                             "set Proposal.tree to the tree its tokens fill")
         proposal.tree = TokenTree(tree.parents[: proposal.tokens.numel()])
     return proposal
 
