@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -234,13 +235,13 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
 
 def dynamic_tree(args: argparse.Namespace, kind: str, target: PreTrainedModel, draft, prompt: torch.Tensor) -> DynamicTree:
     """The dynamic tree a --tree value asks for; 'dynamic-costs' measures the step costs now, so that no timed run pays for it."""
-    settings = args.dynamic_tree or (DynamicTree().depth, DynamicTree().top_k, DynamicTree().budget)
+    plan = DynamicTree(*args.dynamic_tree) if args.dynamic_tree else DynamicTree()
     if kind != "dynamic-costs":
-        return DynamicTree(*settings)
-    costs = measure_step_costs(target, draft_model(draft), prompt.to(target.device), settings[2])
+        return plan
+    costs = measure_step_costs(target, draft_model(draft), prompt.to(target.device), plan.budget)
     print("step costs for dynamic trees, in single-token target calls: verify",
           {n: round(v, 3) for n, v in costs.verify.items()}, f"draft {costs.draft:.3f}")
-    return DynamicTree(*settings, costs=costs)
+    return dataclasses.replace(plan, costs=costs)
 
 
 def batch_report(args: argparse.Namespace, target: PreTrainedModel, draft, prompts: list, texts: list, name: str,

@@ -95,7 +95,7 @@ class RejectionRule:
             rows = torch.tensor([p + 1 for p in tree.parents], device=target_probs.device)  # each node's parent's row
             index = proposal.tokens.to(target_probs.device)
             p = target_probs[rows, index].tolist()
-            q = [1.0] * tree.size if draft_probs is None else draft_probs[torch.arange(tree.size), index.to(draft_probs.device)].tolist()
+            q = [1.0] * tree.size if draft_probs is None else draft_probs[torch.arange(tree.size, device=draft_probs.device), index.to(draft_probs.device)].tolist()
             return StepRecord(tokens, len(path), next_token, p, q, tree=tree, path=path)
         drafts, k = proposal.tokens, proposal.tokens.shape[0]
         if draft_probs is None:  # a deterministic draft is a sampler whose q is one-hot
