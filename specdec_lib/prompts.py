@@ -193,24 +193,34 @@ def _python_sources(limit: int) -> list[Path]:
     return files[:limit]
 
 
+def _code_lines(rng: random.Random, text: str) -> str:
+    """Two to eight consecutive lines of a source file, from a random place."""
+    lines = text.splitlines()
+    start = rng.randrange(max(1, len(lines) - 10))
+    return "\n".join(lines[start : start + rng.randint(2, 8)]) + "\n"
+
+
+def _docstring_opening(rng: random.Random, text: str) -> str | None:
+    """The first 40-160 characters of one of a source file's longer docstrings (None if it has none)."""
+    try:
+        docs = [ast.get_docstring(node) for node in ast.walk(ast.parse(text))
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module))]
+    except SyntaxError:
+        return None
+    docs = [d for d in docs if d and len(d) > 80]
+    return rng.choice(docs)[: rng.randint(40, 160)].rsplit(" ", 1)[0] if docs else None
+
+
 def _source_snippets(rng: random.Random, n: int) -> list[str]:
     """Code and docstring openings cut from the standard library's sources."""
     snippets = []
     files = _python_sources(10_000)
     for path in rng.sample(files, min(len(files), n)):
         text = path.read_text(errors="ignore")
-        lines = text.splitlines()
-        start = rng.randrange(max(1, len(lines) - 10))
-        snippets.append("\n".join(lines[start : start + rng.randint(2, 8)]) + "\n")
-        try:
-            docs = [ast.get_docstring(node) for node in ast.walk(ast.parse(text))
-                    if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module))]
-        except SyntaxError:
-            continue
-        docs = [d for d in docs if d and len(d) > 80]
-        if docs:
-            doc = rng.choice(docs)
-            snippets.append(doc[: rng.randint(40, 160)].rsplit(" ", 1)[0])
+        snippets.append(_code_lines(rng, text))
+        doc = _docstring_opening(rng, text)
+        if doc is not None:
+            snippets.append(doc)
     return snippets
 
 
@@ -222,6 +232,96 @@ def training_prompts(n_source_files: int = 10_000, seed: int = 0) -> list[str]:
     prompts = [p for p in prompts if p.strip() and p not in held_out]
     rng.shuffle(prompts)
     return prompts
+
+
+# Chapter 08's EAGLE-3 corpus (training/chunked_corpus.py) draws far more prompts than the list above
+# holds. Three sources, each sampled per chunk from the chunk's own seed: the templates above over a
+# wider set of topics; code and docstrings from the standard library; and instructions the target
+# writes for itself (self-instruct): asked in the chat template for a question or a task about a
+# topic, its reply becomes a new prompt. None may be a held-out or grounded prompt, or contain one.
+MORE_TOPICS = (
+    "tea ceremonies", "quantum computers", "a rainy afternoon", "the Vikings", "coral reefs", "a bus driver",
+    "minimalism", "the printing of money", "a jazz club", "glaciers", "spreadsheets", "a village festival",
+    "the history of maps", "wolves", "a science fair", "submarines", "street food", "the Silk Road", "yoga",
+    "a power outage", "compound interest", "a lost wallet", "the first computers", "owls", "kites",
+    "a broken phone", "the night sky", "bridges", "sourdough", "a chess tournament", "public transport",
+    "a newspaper", "cryptography", "the Moon's phases", "a family reunion", "houseplants", "traffic jams",
+    "the Nile", "an art gallery", "camping", "soap", "a robot vacuum", "wind turbines", "the alphabet",
+    "a spelling bee", "card games", "climbing Everest", "chocolate", "an old bicycle", "a music festival",
+    "the Industrial Revolution", "pandas", "a first day at school", "invisible ink", "the post office",
+    "a fire station", "sleep", "memory", "board games", "a lighthouse", "tides", "a tailor",
+    "recycling plastic", "ancient Greece", "the metric system", "sharks", "a cooking competition",
+    "learning to swim", "umbrellas", "the telephone", "open source software", "a neighbour's cat",
+    "a flooded basement", "the Aztecs", "honey", "a ballet", "rivers", "typewriters", "a quiz night",
+    "the Sahara", "a thunderstorm at sea", "time zones", "a garden shed", "satellites", "fairy tales",
+    "a ferry crossing", "bees and flowers", "weather forecasts", "a school play", "knights", "the compass",
+    "rockets", "a new puppy", "an online course", "version control with git", "regular expressions",
+    "unit testing", "web browsers", "linked lists", "hash tables", "recursion", "spreadsheet formulas",
+)
+
+TASK_KINDS = (
+    "a short poem", "an email", "a list of tips", "a summary", "an explanation for a child", "a short story",
+    "a recipe", "a comparison of two things", "a step-by-step guide", "a Python function", "a definition",
+    "a persuasive paragraph", "a product description", "a short dialogue", "a quiz question with its answer",
+    "a letter", "a plan for a week", "an outline for an essay", "a riddle", "a motivational message",
+    "a news headline and its first paragraph", "a SQL query", "a JavaScript function", "a table",
+    "a list of pros and cons", "a limerick", "a set of interview questions", "a diary entry", "a speech",
+    "a haiku", "a shopping list", "a summary of a famous book", "a short biography", "an advertisement",
+)
+
+INSTRUCTION_REQUESTS = (
+    "Write a question that someone might ask an AI assistant about {t}. Reply with the question only.",
+    "Write an instruction asking an AI assistant for {k} about {t}. Reply with the instruction only.",
+    "Give me one interesting question about {t}, and nothing else.",
+    "Invent a task about {t} that a student could ask a chatbot to do. Write only the task.",
+)
+
+
+def is_unseen(prompt: str) -> bool:
+    """Neither a held-out or grounded prompt nor containing one (their longer ones, as words)."""
+    text = prompt.strip().lower()
+    if not text:
+        return False
+    for held in HELDOUT_PROMPTS + GROUNDED_PROMPTS:
+        held = held.strip().lower()
+        if text == held or (len(held) >= 24 and held in text):
+            return False
+    return True
+
+
+def instruction_request(rng: random.Random) -> str:
+    """A request for the target to write a new prompt itself (self-instruct), before the chat template."""
+    topic = rng.choice(TOPICS + MORE_TOPICS)
+    return rng.choice(INSTRUCTION_REQUESTS).format(t=topic, k=rng.choice(TASK_KINDS))
+
+
+def template_prompt(rng: random.Random) -> str:
+    """One of the templates above over the wider topic list."""
+    topics = TOPICS + MORE_TOPICS
+    t, u = rng.choice(topics), rng.choice(topics)
+    if rng.random() < 0.1:
+        return f"How to {rng.choice(ACTIVITIES)}:\n1."
+    return rng.choice(TEMPLATES).format(t=t, T=t[0].upper() + t[1:], u=u)
+
+
+def code_prompt(rng: random.Random, files: list[Path]) -> str:
+    """A code-template opening, or an opening or docstring cut from one of `files` (the standard library's)."""
+    if not files or rng.random() < 0.3:
+        f, args, doc = rng.choice(FUNCTIONS)
+        return rng.choice(CODE_PROMPTS).format(f=f, a=args, d=doc, C="".join(w.capitalize() for w in f.split("_")))
+    return _source_snippets_from(rng, rng.choice(files))
+
+
+def _source_snippets_from(rng: random.Random, path: Path) -> str:
+    """A docstring's opening (about a third of the time, where the file has one) or a few lines of code from `path`."""
+    text = path.read_text(errors="ignore")
+    doc = _docstring_opening(rng, text) if rng.random() < 0.3 else None
+    return doc if doc is not None else _code_lines(rng, text)
+
+
+def python_sources() -> list[Path]:
+    """The standard library's Python files that code prompts are cut from (fixed order)."""
+    return _python_sources(10_000)
 
 
 def as_chat(tokenizer, prompt: str) -> str:

@@ -5,6 +5,9 @@
     python -m specdec_lib.training eval  --drafts trained,int8   # held-out agreement and c
     python -m specdec_lib.training eagle --data corpus.pt --out my_eagle   # chapter 08: train_eagle.py
     python -m specdec_lib.training onpolicy --out onpolicy.pt  # chapter 08: on_policy.py; then train --init
+    python -m specdec_lib.training corpus --out data/eagle3_corpus --chunks 0:48   # chapter 08: EAGLE-3's corpus, resumable
+    python -m specdec_lib.training features --corpus data/eagle3_corpus --store /tmp/eagle3_states   # its target states
+    python -m specdec_lib.training eagle3 --corpus data/eagle3_corpus --store /tmp/eagle3_states --out my_eagle3
 
 The exact commands behind the shipped draft are in specdec_lib/assets/smollm2_draft/README.md.
 """
@@ -28,6 +31,18 @@ from ..models.draft_model import SMOLLM2_DRAFT_DIR, load_draft, save_draft
 from ..models.eagle_head import eagle_from_draft
 from ..models.pairs import is_saved_draft, stand_in_draft_check
 from ..prompts import HELDOUT_PROMPTS, training_prompts
+from ..models.eagle3_head import default_target_layers, eagle3_from_target
+from ..training.chunked_corpus import ChunkSpec, build_corpus, corpus_chunks, read_manifest
+from ..training.train_eagle3 import (
+    Eagle3Config,
+    build_features,
+    draft_vocabulary,
+    heldout_states,
+    open_chunk,
+    stored_chunks,
+    train_eagle3,
+    vocabulary_coverage,
+)
 from ..training.corpus import generate_corpus, load_corpus, save_corpus
 from ..training.evaluate import cached_held_out, held_out_set, score_draft, target_features
 from ..training.on_policy import on_policy_corpus
@@ -58,6 +73,38 @@ def _data(args: argparse.Namespace) -> None:
     save_corpus(samples, args.out)
     n = sum(len(s.topk_ids) for s in samples)
     print(f"{len(samples)} sequences, {n} target tokens with top-k logits -> {args.out}", file=sys.stderr)
+
+
+def _corpus(args: argparse.Namespace) -> None:
+    """Build the chunks of the EAGLE-3 corpus that are not on disk yet (resumable; each chunk from its own seed)."""
+    device = pick_device(args.device)
+    target, tokenizer = load_smollm2(device, torch.float32)
+    target = target.to(getattr(torch, args.dtype))
+    about = {"command": "python -m specdec_lib.training " + " ".join(sys.argv[1:]), "dtype": args.dtype,
+             "torch": torch.__version__, "device": device.type}
+    spec = ChunkSpec(batch_size=args.batch_size)
+    built = build_corpus(target, tokenizer, args.out, args.chunks, spec=spec, minutes=args.minutes, about=about)
+    chunks = read_manifest(args.out)["chunks"]
+    print(f"built {len(built)} chunks now; {args.out} holds {len(chunks)} chunks, "
+          f"{sum(c['generated'] for c in chunks):,} generated tokens in {sum(c['sequences'] for c in chunks):,} sequences",
+          file=sys.stderr)
+
+
+def _features(args: argparse.Namespace) -> None:
+    """Store the float32 target's states for every corpus chunk not stored yet; with --follow, wait for new chunks."""
+    target, _ = load_smollm2(pick_device(args.device), torch.float32)
+    layers = default_target_layers(target.config.num_hidden_layers)
+    idle_since = time.monotonic()
+    while True:
+        todo = [c for c in corpus_chunks(args.corpus) if c in args.chunks and c not in stored_chunks(args.corpus, args.store)]
+        if todo:
+            build_features(target, args.corpus, args.store, todo, layers)
+            idle_since = time.monotonic()
+        elif args.follow is None or time.monotonic() - idle_since > 60 * args.follow:
+            break
+        else:
+            time.sleep(30)
+    print(f"{len(stored_chunks(args.corpus, args.store))} chunks' states in {args.store}", file=sys.stderr)
 
 
 def _on_policy(args: argparse.Namespace) -> None:
@@ -148,6 +195,25 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--out", type=writable_path, required=True, help="folder to write the draft into")
     fit.set_defaults(run=_train)
     add_eagle_command(sub, common)
+    add_eagle3_command(sub, common)
+    big = sub.add_parser("corpus", parents=[common], help="build the EAGLE-3 corpus in chunks, token ids only (resumable)")
+    big.add_argument("--out", type=writable_path, required=True, help="corpus folder (chunk_NNNNN.npz + manifest.json)")
+    big.add_argument("--chunks", type=chunk_range, default=range(0, 48), help="chunk numbers START:STOP (default 0:48)")
+    big.add_argument("--minutes", type=positive_float, default=None, help="stop after the chunk during which this runs out")
+    big.add_argument("--batch-size", type=positive_int, default=ChunkSpec.batch_size, help="rows decoded at once")
+    big.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                     help="the target's dtype while generating (default bfloat16: ~1.7x faster on CPU; labels are float32)")
+    big.add_argument("--device", type=device, default="cpu")
+    big.set_defaults(run=_corpus)
+    states = sub.add_parser("features", parents=[common], help="store the target's states for the EAGLE-3 corpus (resumable)")
+    states.add_argument("--corpus", type=existing_folder, required=True, help="corpus folder written by `corpus`")
+    states.add_argument("--store", type=writable_path, required=True,
+                        help="folder for the states (about 3.5 KB a position: keep it out of the repository)")
+    states.add_argument("--chunks", type=chunk_range, default=range(0, 10_000), help="only these chunks (START:STOP)")
+    states.add_argument("--follow", type=positive_float, default=None,
+                        help="keep waiting for new chunks until none has come for this many minutes")
+    states.add_argument("--device", type=device, default="cpu")
+    states.set_defaults(run=_features)
     own = sub.add_parser("onpolicy", parents=[common], help="the draft's own continuations, labelled by the target (DistillSpec)")
     own.add_argument("--draft", type=existing_folder, default=None, help="draft folder (default: the shipped draft)")
     own.add_argument("--batch-size", type=positive_int, default=32)
@@ -170,6 +236,19 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
 
 
+def chunk_range(text: str) -> range:
+    """START:STOP (or a single chunk number) as a range of chunk numbers."""
+    try:
+        start, _, stop = text.partition(":")
+        start = int(start)
+        stop = int(stop) if stop else start + 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes chunk numbers START:STOP such as 0:48, got {text!r}") from None
+    if not 0 <= start < stop:
+        raise argparse.ArgumentTypeError(f"needs 0 <= START < STOP, got {text!r}")
+    return range(start, stop)
+
+
 def _draft_names(text: str) -> list[str]:
     """Comma-separated draft names of the SmolLM2 target: registered drafts (trained, eagle, ...), folders, or stand-ins."""
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -184,6 +263,72 @@ def _draft_names(text: str) -> list[str]:
             except ValueError as err:
                 raise argparse.ArgumentTypeError(str(err)) from None
     return names
+
+
+def add_eagle3_command(sub, common: argparse.ArgumentParser) -> None:
+    """The `eagle3` subcommand of `python -m specdec_lib.training`."""
+    e3 = sub.add_parser("eagle3", parents=[common], help="train an EAGLE-3 head on the chunked corpus and its stored states")
+    e3.add_argument("--corpus", type=existing_folder, required=True, help="corpus folder written by `corpus`")
+    e3.add_argument("--store", type=existing_folder, required=True, help="states written by `features`")
+    e3.add_argument("--chunks", type=chunk_range, default=None, help="train on these chunks (START:STOP; default: all stored)")
+    e3.add_argument("--vocab-chunks", type=chunk_range, default=None,
+                    help="chunks whose greedy tokens choose the draft vocabulary (default: --chunks)")
+    e3.add_argument("--vocab-size", type=positive_int, default=8192)
+    e3.add_argument("--ttt-steps", type=positive_int, default=Eagle3Config.ttt_steps, help="unrolled draft steps in training")
+    e3.add_argument("--epochs", type=positive_float, default=Eagle3Config.epochs)
+    e3.add_argument("--batch-tokens", type=positive_int, default=Eagle3Config.batch_tokens)
+    e3.add_argument("--lr", type=positive_float, default=Eagle3Config.lr)
+    e3.add_argument("--eval-every", type=positive_int, default=Eagle3Config.eval_every)
+    e3.add_argument("--patience", type=positive_int, default=Eagle3Config.patience,
+                    help="stop after this many evaluations without a better held-aside agreement")
+    e3.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (slower on CPU)")
+    e3.add_argument("--seed", type=int, default=0)
+    e3.add_argument("--out", type=writable_path, required=True, help="folder to write the head into")
+    e3.set_defaults(run=_eagle3)
+
+
+def _stored(args: argparse.Namespace, chunks: range | None) -> dict:
+    """The stored chunks in `chunks` (all of them if None), opened; a clear error when none is."""
+    present = [c for c in stored_chunks(args.corpus, args.store) if chunks is None or c in chunks]
+    if not present:
+        raise ValueError(f"no chunk{'' if chunks is None else f' in {chunks.start}:{chunks.stop}'} has stored states in "
+                         f"{args.store}; run `python -m specdec_lib.training features` first")
+    return {c: open_chunk(args.corpus, args.store, c) for c in present}
+
+
+def _eagle3(args: argparse.Namespace) -> None:
+    """Train an EAGLE-3 head on the stored chunks; write it with its training log and held-out agreement curve."""
+    target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
+    chunks = _stored(args, args.chunks)
+    vocab_chunks = chunks if args.vocab_chunks is None else _stored(args, args.vocab_chunks)
+    vocab_ids = draft_vocabulary(vocab_chunks, args.vocab_size, target.config.vocab_size)
+    head = eagle3_from_target(target, vocab_ids, seed=args.seed)
+    held_out = cached_held_out(target, tokenizer, Path(args.store) / "heldout")
+    held = (held_out.sequences, heldout_states(target, held_out.sequences, head.target_layers), held_out.n_prompt)
+    config = Eagle3Config(ttt_steps=args.ttt_steps, epochs=args.epochs, batch_tokens=args.batch_tokens, lr=args.lr,
+                          eval_every=args.eval_every, patience=args.patience, bf16=args.bf16, seed=args.seed)
+    start = time.perf_counter()
+    head, log = train_eagle3(target, head, chunks, config, held_out=held)
+    minutes = (time.perf_counter() - start) / 60
+    save_draft(head, args.out)
+    kept = log[-1]["kept_step"]
+    best = next(e for e in log if e.get("step") == kept)
+    generated = sum(len(r.tokens) - r.n_prompt for c in chunks.values() for r in c.rows)
+    record = {
+        "command": "python -m specdec_lib.training " + " ".join(sys.argv[1:]),
+        "config": asdict(config),
+        "corpus": {"chunks": sorted(chunks), "sequences": sum(len(c.rows) for c in chunks.values()),
+                   "positions": sum(len(r.tokens) for c in chunks.values() for r in c.rows), "generated": generated},
+        "vocab": {"size": args.vocab_size, "chunks": sorted(vocab_chunks),
+                  "coverage": vocabulary_coverage(chunks, vocab_ids, target.config.vocab_size)},
+        "train_minutes": round(minutes, 1),
+        "kept_step": kept,
+        "heldout": best["heldout"],
+        "log": log[:-1],
+    }
+    (Path(args.out) / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"kept step {kept}: held-out agreement " + " / ".join(f"{a:.3f}" for a in best["heldout"])
+          + f" (draft 1 / 2 / ...) after {minutes:.0f} min -> {args.out}", file=sys.stderr)
 
 
 def add_eagle_command(sub, common: argparse.ArgumentParser) -> None:

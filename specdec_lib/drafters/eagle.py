@@ -28,9 +28,13 @@ from .model import check_same_vocab
 
 
 class FeatureHead(Protocol):
-    """What the drafter needs of an EAGLE head (`specdec_lib.models.eagle_head.EagleHead` is the course's)."""
+    """What the drafter needs of an EAGLE head (the course's: `models.eagle3_head.Eagle3Head` and `models.eagle_head.EagleHead`)."""
 
     config: object
+    target_layers: tuple[int, ...]  # the target's hidden states it reads (transformers' `hidden_states` indices)
+
+    def fuse(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Those hidden states, concatenated (..., n_layers * d_target) -> the head's input feature (..., d)."""
 
     def features_forward(self, features: torch.Tensor, tokens: torch.Tensor, cache=None, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (B, n, d) at positions j and tokens (B, n) at j + 1 -> (predicted features at j + 1, its logits);
@@ -50,9 +54,10 @@ class EagleDrafter(DrafterBase):
     needs_hidden_states = True
 
     def __init__(self, head: FeatureHead):
-        if not (isinstance(head, nn.Module) and hasattr(head, "features_forward") and hasattr(head, "full_logits")):
-            raise TypeError(f"EagleDrafter needs an EAGLE head such as models.eagle_head.EagleHead "
-                            f"(an nn.Module with features_forward and full_logits), got {type(head).__name__}")
+        members = ("features_forward", "full_logits", "fuse", "target_layers")
+        if not (isinstance(head, nn.Module) and all(hasattr(head, m) for m in members)):
+            raise TypeError(f"EagleDrafter needs an EAGLE head such as models.eagle_head.EagleHead or "
+                            f"models.eagle3_head.Eagle3Head (an nn.Module with {', '.join(members)}), got {type(head).__name__}")
         self.model = head  # the protocol's `model`: load_pair's CPU kernels reach it, the bench times it
         self.calls = 0
         self.kv: DynamicKV | None = None
@@ -60,12 +65,20 @@ class EagleDrafter(DrafterBase):
         self.trusted = 0  # head cache entries built from true features only
         self.last_tree: Candidates | None = None  # every node the last tree step grew, with its chance (chapter 09)
 
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        """The target's hidden states the loop hands `update`: the head's (EAGLE: the top one; EAGLE-3: three)."""
+        return tuple(self.model.target_layers)
+
     def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, cache: CacheSpec = CacheSpec()) -> None:
         """Check the head fits the target and start with no features and an empty head cache."""
         check_same_vocab(target, self.model)
-        if target.config.hidden_size != self.model.config.hidden_size:
-            raise ValueError(f"the EAGLE head reads {self.model.config.hidden_size}-wide features; "
-                             f"the target's are {target.config.hidden_size} wide")
+        width = getattr(self.model.config, "target_hidden_size", self.model.config.hidden_size)
+        if target.config.hidden_size != width:
+            raise ValueError(f"the EAGLE head reads {width}-wide features; the target's are {target.config.hidden_size} wide")
+        if max(self.hidden_layers) > target.config.num_hidden_layers:
+            raise ValueError(f"the EAGLE head reads the target's hidden states {self.hidden_layers}; "
+                             f"the target has {target.config.num_hidden_layers} layers")
         self.kv = DynamicKV(croppable_cache(self.model))
         self.features = torch.empty(0, self.model.config.hidden_size, device=self.model.device, dtype=self.model.dtype)
         self.calls, self.trusted = 0, 0
@@ -144,7 +157,7 @@ class EagleDrafter(DrafterBase):
         """Keep the target's features of every position now in seq but the newest; drop cache entries built on guesses."""
         if verified.hidden is None:
             raise ValueError("EagleDrafter needs the target's hidden states; the loop passes them when needs_hidden_states is True")
-        hidden = verified.hidden.to(self.features.device, self.features.dtype)
+        hidden = self.model.fuse(verified.hidden.to(self.features.device)).to(self.features.dtype)
         if record.tree is not None and not record.tree.is_chain:  # a tree's accepted nodes are scattered among the others'
             tail = hidden.shape[0] - record.tree.size
             path = torch.tensor(record.path, dtype=torch.long, device=hidden.device)
@@ -196,7 +209,7 @@ class EagleDrafter(DrafterBase):
         """Keep each row's true features up to its newest token; drop head entries built on guesses."""
         if verified.hidden is None:
             raise ValueError("EagleDrafter needs the target's hidden states; the loop passes them when needs_hidden_states is True")
-        hidden = verified.hidden.to(self.model.device, self.model.dtype)
+        hidden = self.model.fuse(verified.hidden.to(self.model.device)).to(self.model.dtype)
         fed, m = hidden.shape[1], verified.logits.shape[1] - 1
         # Row b's last fed column is position lengths_before[b] - 1 + m; it needs features up to position L_b - 2.
         first = [f - (before + m) + fed for f, before in zip(self.feature_counts, verified.lengths_before)]

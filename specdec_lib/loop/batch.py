@@ -20,8 +20,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import CacheLayerMixin, StaticLayer
 
-from .drafter import Proposal
-from .kv_cache import CacheSpec, full_static_cache
+from .drafter import Proposal, hidden_request
+from .kv_cache import CacheSpec, full_static_cache, pick_hidden
 from .sampling import Sampler
 from .step import Rule, StepRecord
 
@@ -234,10 +234,10 @@ class BatchRunner:
 
     @torch.inference_mode()
     def forward(
-        self, rows: Rows, extra: torch.Tensor | None = None, keep: int = 1, hidden: bool = False
+        self, rows: Rows, extra: torch.Tensor | None = None, keep: int = 1, hidden: Sequence[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One call over every row's uncached tail then `extra` (B, m): logits of the last `keep` columns (B, keep, V),
-        and with `hidden` the last layer's states of every column fed (B, n, d)."""
+        and with `hidden` (layer indices, `pick_hidden`) those states of every column fed (B, n, len(hidden) * d)."""
         self.align(rows)
         held = self.kv.lengths
         if held is None or self.kv.width == 0:  # nothing cached: feed the rows whole (the prefill)
@@ -250,10 +250,10 @@ class BatchRunner:
         device = self.model.device
         mask, positions = self.kv.inputs(new.shape[1], real, device)
         out = self.model(input_ids=new.to(device), attention_mask=mask, position_ids=positions, cache=self.kv.cache,
-                         use_cache=True, logits_to_keep=keep, output_hidden_states=hidden)
+                         use_cache=True, logits_to_keep=keep, output_hidden_states=hidden is not None)
         self.calls += 1
         self.kv.fed(new.shape[1], real)
-        return out.logits[:, -keep:], out.hidden_states[-1] if hidden else None
+        return out.logits[:, -keep:], None if hidden is None else pick_hidden(out.hidden_states, hidden)
 
     def align(self, rows: Rows) -> None:
         """Roll rows back so that each has the same number of tokens not yet cached (all of them, if a row is too short)."""
@@ -343,7 +343,7 @@ def batch_step(
     """
     proposal = drafter.propose_batch(rows, k, sampler).capped(room) if k > 0 else BatchProposal.empty(rows)
     m, before = proposal.tokens.shape[1], list(rows.lengths)
-    logits, states = runner.forward(rows, proposal.tokens, keep=m + 1, hidden=drafter.needs_hidden_states)
+    logits, states = runner.forward(rows, proposal.tokens, keep=m + 1, hidden=hidden_request(drafter))
     if m == 0:  # nothing drafted in any row: a plain step, every row's token chosen at once
         records = [StepRecord([], 0, t) for t in sampler.choose(logits[:, 0])[0].tolist()]
     else:  # the same rule as one row's, row by row: each row accepts its own number of drafts

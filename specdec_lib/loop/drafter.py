@@ -54,7 +54,7 @@ class Verified:
     """What the target's verification call computed, handed to the drafter after every step."""
 
     logits: torch.Tensor  # (n + 1, V): the target's logits at each draft slot and the one after (a tree: root, then nodes)
-    hidden: torch.Tensor | None  # (n_fed, d): last hidden states of the positions fed in this call (a tree's nodes last), if asked for
+    hidden: torch.Tensor | None  # (n_fed, d'): the asked-for hidden states of the positions fed in this call (a tree's nodes last)
     first_position: int  # the sequence index of hidden[0] (the first position fed in this call)
 
 
@@ -67,6 +67,8 @@ class Drafter(Protocol):
 
     model: nn.Module | None  # the drafter's own network, if any: load_pair puts CPU kernels on it, the bench times it
     needs_hidden_states: bool  # True: the loop asks the target for hidden states and passes them in `update`
+    # Optional: which of them (transformers' `hidden_states` indices, concatenated on the last axis);
+    # (-1,), the top layer's, when absent. An EAGLE-3 head reads three layers (chapter 08).
     calls: int  # forward passes of the drafter's own model so far (0 for model-free drafters)
 
     def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, cache: CacheSpec = CacheSpec()) -> None:
@@ -96,6 +98,7 @@ class DrafterBase:
 
     model: nn.Module | None = None
     needs_hidden_states = False
+    hidden_layers: tuple[int, ...] = (-1,)
     calls = 0
 
     def start(self, target: PreTrainedModel, input_ids: torch.Tensor, *, cache: CacheSpec = CacheSpec()) -> None:
@@ -107,6 +110,11 @@ class DrafterBase:
     def transformers_counterpart(self, *, k: int, max_new_tokens: int, eos_token_id: int | None = None) -> Counterpart | None:
         """No counterpart in transformers."""
         return None
+
+
+def hidden_request(drafter: Drafter) -> tuple[int, ...] | None:
+    """The target hidden states the loop hands this drafter: transformers' `hidden_states` indices, or None for none."""
+    return tuple(getattr(drafter, "hidden_layers", (-1,))) if drafter.needs_hidden_states else None
 
 
 # type -> function wrapping an instance of it in a drafter; filled by the drafters room (a draft model -> ModelDrafter).

@@ -26,6 +26,12 @@ def max_positions(model: PreTrainedModel) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
+def pick_hidden(hidden_states: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
+    """The asked-for layers of a model output's `hidden_states`, concatenated on the last axis (..., len(layers) * d)."""
+    picked = [hidden_states[i] for i in layers]
+    return picked[0] if len(picked) == 1 else torch.cat(picked, dim=-1)
+
+
 def croppable_cache(model: PreTrainedModel) -> DynamicCache:
     """A DynamicCache for `model` that can be rolled back, sliding-window and linear-attention layers included.
 
@@ -233,9 +239,11 @@ class ModelRunner:
         return None if self.kv is None else self.kv.capacity
 
     @torch.inference_mode()  # a runner only decodes; callers outside the loop need no context manager
-    def forward(self, seq: torch.Tensor, keep: int = 1, hidden: bool = False, **tree_inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One pass over seq (1, L): logits of the last `keep` positions (keep, V), and with `hidden`
-        the last layer's hidden states of every position fed in this call (n_fed, d).
+    def forward(
+        self, seq: torch.Tensor, keep: int = 1, hidden: Sequence[int] | None = None, **tree_inputs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One pass over seq (1, L): logits of the last `keep` positions (keep, V), and with `hidden` (layer
+        indices, `pick_hidden`) those hidden states of every position fed in this call (n_fed, len(hidden) * d).
 
         `tree_inputs` (position_ids, a 4D attention_mask) go to the model as given: chapter 09's trees.
         """
@@ -249,11 +257,11 @@ class ModelRunner:
         compiled = self.compiled is not None and start > 0 and n in self.compiled_lengths and not tree_inputs
         call = self.compiled if compiled else self.model
         out = call(input_ids=new, cache=self.cache, use_cache=self.cache is not None,
-                   logits_to_keep=keep, output_hidden_states=hidden, **tree_inputs)
+                   logits_to_keep=keep, output_hidden_states=hidden is not None, **tree_inputs)
         self.calls += 1
         if self.kv is not None:
             self.kv.fed(n)
-        logits, states = out.logits[0, -keep:], out.hidden_states[-1][0] if hidden else None
+        logits, states = out.logits[0, -keep:], None if hidden is None else pick_hidden(out.hidden_states, hidden)[0]
         if compiled:  # a CUDA graph's outputs are overwritten by its next replay: keep our own copy
             logits, states = logits.clone(), None if states is None else states.clone()
         return logits, states

@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from .drafter import Drafter, Proposal, Verified
+from .drafter import Drafter, Proposal, Verified, hidden_request
 from .kv_cache import ModelRunner
 from .sampling import Sampler, rejection_verify_tensors
 from .tree import TokenTree, greedy_tree_verdict, sample_tree_verdict, tree_forward
@@ -144,7 +144,7 @@ def speculative_step(
     """One round: draft k tokens (or a tree), verify them in one target call, keep what passed; (record, new seq)."""
     proposal = propose(drafter, seq, k, tree, sampler)
     shape, first = proposal.shape, runner.cached_length
-    n, hidden = (0 if shape is None else shape.size), drafter.needs_hidden_states
+    n, hidden = (0 if shape is None else shape.size), hidden_request(drafter)
     if shape is None or shape.is_chain:  # a chain needs only the causal mask
         logits, states = runner.forward(torch.cat([seq, proposal.tokens.view(1, -1)], dim=1), keep=n + 1, hidden=hidden)
     else:  # each node sees the committed text and its own ancestors (chapter 09)

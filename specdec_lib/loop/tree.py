@@ -211,7 +211,7 @@ def tree_attention_inputs(
 
 
 def tree_forward(
-    runner: ModelRunner, seq: torch.Tensor, nodes: torch.Tensor, tree: TokenTree, keep: int, hidden: bool = False
+    runner: ModelRunner, seq: torch.Tensor, nodes: torch.Tensor, tree: TokenTree, keep: int, hidden: Sequence[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One pass over seq (1, L) and the tree's node tokens (size,): logits of the last `keep` positions fed."""
     positions, mask = tree_attention_inputs(runner.model, runner.cache, seq.shape[1], tree, runner.cached_length)

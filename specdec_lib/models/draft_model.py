@@ -134,4 +134,5 @@ def load_draft(
 def draft_summary(draft: RestrictedVocabLlama) -> str:
     """A short description: layers, width and vocabulary of a restricted-vocabulary draft."""
     c = draft.config
-    return f"{c.num_hidden_layers} layers, {c.hidden_size} wide, {c.draft_vocab_size} of {c.vocab_size} token ids"
+    layers = f"{c.num_hidden_layers} layer{'s' if c.num_hidden_layers != 1 else ''}"
+    return f"{layers}, {c.hidden_size} wide, {c.draft_vocab_size} of {c.vocab_size} token ids"

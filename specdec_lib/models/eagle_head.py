@@ -27,6 +27,12 @@ class EagleHead(RestrictedVocabLlama):
         d = config.hidden_size
         self.fc = nn.Linear(2 * d, d, bias=False)
 
+    target_layers = (-1,)  # the target's top hidden state, after its final norm
+
+    def fuse(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The target's top hidden state is the feature as it is."""
+        return hidden
+
     def reset_fc(self) -> None:
         """fc = [I | 0]: pass the token embedding through, ignore the feature."""
         d = self.config.hidden_size

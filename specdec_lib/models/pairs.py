@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 from ..drafters import Drafter, EagleDrafter, as_drafter, check_same_vocab, draft_kind, draft_names, register_draft
 from .cpu_kernels import fast_on_cpu
 from .draft_model import CONFIG_FILE, draft_summary, load_draft
+from .eagle3_head import Eagle3Head, load_eagle3
 from .eagle_head import EagleHead, load_eagle
 
 DEFAULT_PRESET = "smollm2"
@@ -271,8 +272,16 @@ def saved_draft(target: PreTrainedModel, folder: Path) -> tuple[PreTrainedModel 
     if architectures == [EagleHead.__name__]:
         head = load_eagle(target, folder)
         return EagleDrafter(head), f"the EAGLE head in {folder} ({draft_summary(head)} + the target's features)"
+    if architectures == [Eagle3Head.__name__]:
+        head = load_eagle3(target, folder)
+        return EagleDrafter(head), f"the EAGLE-3 head in {folder} ({eagle3_summary(head)})"
     draft = load_draft(target, folder)  # a clear error if the folder holds no draft
     return draft, f"the draft in {folder} ({draft_summary(draft)})"
+
+
+def eagle3_summary(head: Eagle3Head) -> str:
+    """An EAGLE-3 head in a few words: its layer, vocabulary and the target layers it fuses."""
+    return f"{draft_summary(head)}, fusing the target's layers {', '.join(map(str, head.target_layers))}"
 
 
 def smollm2_draft(target: PreTrainedModel, kind: str = TRAINED_DRAFT) -> tuple[PreTrainedModel | Drafter, str]:

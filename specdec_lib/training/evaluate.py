@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm, trange
 from transformers import PreTrainedModel
 
@@ -21,7 +23,9 @@ from ..bench.timing import measure_cost_ratio
 from ..drafters import EagleDrafter
 from ..loop.drafter import Drafter
 from ..loop.generate import autoregressive_generate
+from ..loop.kv_cache import pick_hidden
 from ..models.cpu_kernels import use_small_batch_linear
+from ..models.eagle3_head import Eagle3Head
 from ..models.eagle_head import EagleHead
 from ..prompts import HELDOUT_PROMPTS
 
@@ -115,16 +119,76 @@ def eagle_agreement(
     return hits[0] / total, hits[1] / total
 
 
+TOP_K = 32  # label logits kept per position, as chapter 06's corpus keeps
+
+
+@torch.inference_mode()
+def target_states(
+    target: PreTrainedModel, sequences: Sequence[torch.Tensor], layers: Sequence[int], batch_tokens: int = 8192
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(index, the chosen layers' states (L, 3d), top-k logits (L, TOP_K), their ids (L, TOP_K)) per sequence,
+    teacher-forced, in batches of similar length (right-padded: padding comes after a row's tokens, so it changes nothing)."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    start = 0
+    while start < len(order):
+        width = len(sequences[order[start]])
+        rows = []
+        while start < len(order) and (len(rows) + 1) * max(width, len(sequences[order[start]])) <= max(batch_tokens, width):
+            width = max(width, len(sequences[order[start]]))
+            rows.append(order[start])
+            start += 1
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, : len(sequences[i])], mask[r, : len(sequences[i])] = sequences[i], 1
+        out = target.model(input_ids=ids.to(target.device), attention_mask=mask.to(target.device), output_hidden_states=True)
+        aux, final = pick_hidden(out.hidden_states, layers), out.last_hidden_state
+        for r, i in enumerate(rows):
+            tops = [target.lm_head(part).topk(TOP_K, dim=-1) for part in final[r, : len(sequences[i])].split(1024)]
+            yield i, aux[r, : len(sequences[i])], torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])
+
+
+def heldout_states(target: PreTrainedModel, sequences: Sequence[torch.Tensor], layers: Sequence[int]) -> list[torch.Tensor]:
+    """The fused-layer states of held-out sequences, one (L, 3d) float32 tensor each."""
+    out: list[torch.Tensor | None] = [None] * len(sequences)
+    for i, aux, *_ in target_states(target, sequences, layers):
+        out[i] = aux.float().cpu()
+    return out  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def eagle3_agreement(
+    head: Eagle3Head, tokens: Sequence[torch.Tensor], features: Sequence[torch.Tensor], first: Sequence[int], steps: int,
+) -> list[float]:
+    """Greedy agreement of draft step i (i = 0: a step's 1st draft) with the sequences, teacher-forced, over
+    tokens[first:]: features (L, 3d) are the target's chosen states; the sequences are the target's greedy text."""
+    hits, total = [0] * steps, [0] * steps
+    for seq, aux, n in zip(tokens, features, first):
+        hiddens = head.unrolled(head.fuse(aux[None].to(head.device)), seq[None].to(head.device), steps)
+        for i, hidden in enumerate(hiddens):
+            j = torch.arange(len(seq))
+            scored = (j + 2 + i < len(seq)) & (j + 2 + i >= n)
+            guess = head.vocab_ids[head.sub_logits(hidden[0]).argmax(-1)].cpu()
+            truth = F.pad(seq, (0, 2 + i))[2 + i :][: len(seq)]
+            hits[i] += int((guess == truth)[scored].sum())
+            total[i] += int(scored.sum())
+    return [h / t if t else math.nan for h, t in zip(hits, total)]
+
+
 def score_draft(target: PreTrainedModel, draft: PreTrainedModel | Drafter, held_out: HeldOut) -> tuple[float, float]:
     """(held-out greedy agreement, c) of a draft model or a drafter's model, timed with load_pair's CPU kernels.
 
-    An EAGLE head scores its step's 1st draft, which reads the target's true features.
+    An EAGLE head scores its step's 1st draft, which reads the target's true features (an EAGLE-3 head's,
+    its fused low, middle and high layers).
     """
     model = draft_model(draft)
     if model is None:
         raise ValueError(f"{type(draft).__name__} runs no model: there is no agreement or c to score")
     use_small_batch_linear(model)
-    if isinstance(draft, EagleDrafter):
+    if isinstance(model, Eagle3Head):
+        states = heldout_states(target, held_out.sequences, model.target_layers)
+        alpha = eagle3_agreement(model, held_out.sequences, states, held_out.n_prompt, steps=1)[0]
+    elif isinstance(draft, EagleDrafter):
         features = target_features(target, held_out.sequences, progress=False)
         alpha = eagle_agreement(model, held_out.sequences, features, held_out.n_prompt)[0]
     else:

@@ -85,11 +85,11 @@ class TrainConfig:
     seed: int = 0
 
 
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak (any config with lr, warmup and steps)."""
+def lr_at(step: int, config: TrainConfig, steps: int | None = None) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak at `steps` (default config.steps; any config with lr and warmup)."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    progress = min(1.0, (step - config.warmup) / max(1, (config.steps if steps is None else steps) - config.warmup))
     return config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 

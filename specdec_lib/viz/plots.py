@@ -229,3 +229,50 @@ def plot_batch_sweep(report: Mapping) -> Figure:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_unrolled_mask(length: int, steps: int, tokens: Sequence[str] | None = None) -> Figure:
+    """EAGLE-3's training-time test as a picture: which keys (columns) each query (rows) of the unrolled pass sees.
+
+    Blocks are draft steps; in step 0 every position sees the true context up to itself (a causal
+    triangle), and in step i it also sees its own keys of steps 1..i (one diagonal each).
+    """
+    from ..models.eagle3_head import unrolled_mask  # the head's own definition of the pattern
+
+    mask = unrolled_mask(length, steps).numpy()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.42 * steps * length, 1.0 + 0.42 * steps * length))
+    ax.imshow(mask, cmap="Blues", vmin=0, vmax=1.4)
+    edges = [s * length - 0.5 for s in range(1, steps)]
+    for edge in edges:
+        ax.axhline(edge, color="black", lw=1)
+        ax.axvline(edge, color="black", lw=1)
+    names = [f"{tokens[j] if tokens else j}" for j in range(length)] * steps
+    ax.set_xticks(range(steps * length), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(steps * length), names, fontsize=8)
+    for s in range(steps):
+        centre = s * length + (length - 1) / 2
+        ax.text(centre, -0.8, f"keys of step {s}", ha="center", va="bottom", fontsize=9)
+        ax.text(-1.4, centre, f"step {s}", ha="right", va="center", rotation=90, fontsize=9)
+    fig.suptitle("training-time test: what each draft step attends to (blue)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig
+
+
+def plot_data_scaling(runs: Sequence[Mapping], references: Mapping[str, float] | None = None, steps: int = 2) -> Figure:
+    """Held-out agreement of each draft step against training-corpus size (generated positions, log scale),
+    with horizontal reference lines (other drafts' agreement)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sizes = [r["generated"] for r in runs]
+    styles = ("o-", "s--", "^:", "v-.")
+    for i in range(min(steps, min(len(r["heldout"]) for r in runs))):
+        ax.plot(sizes, [r["heldout"][i] for r in runs], styles[i % len(styles)], color=(MEASURED, PREDICTED, TREE)[i % 3],
+                label=f"EAGLE-3, draft {i + 1} of a step")
+    for (name, value), style in zip((references or {}).items(), (":", "-.", "--")):
+        ax.axhline(value, color="grey", ls=style, lw=1, label=f"{name} ({value:.2f})")
+    ax.set_xscale("log")
+    ax.set(xlabel="training corpus: target-generated positions (log scale)", ylabel="greedy agreement, held-out prompts",
+           ylim=(0, 1), title="More data, same training budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig
