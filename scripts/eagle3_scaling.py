@@ -34,6 +34,7 @@ from specdec_lib.training.train_eagle3 import (
     draft_vocabulary,
     make_batches,
     open_chunk,
+    state_rms,
     stored_chunks,
     train_eagle3,
 )
@@ -84,6 +85,7 @@ def main() -> None:
     if not set(vocab_from) <= stored:
         raise SystemExit(f"the vocabulary needs chunks {vocab_from} stored in {args.store}")
     vocab = draft_vocabulary({c: open_chunk(args.corpus, args.store, c) for c in vocab_from}, 8192, target.config.vocab_size)
+    rms = state_rms({0: open_chunk(args.corpus, args.store, 0)})  # one fc init for every run
     held = cached_held_out(target, tokenizer, Path(args.store) / "heldout")
     for size in sorted(set(args.sizes) - done):
         chunks = leading_chunks(args.corpus, size)
@@ -92,7 +94,7 @@ def main() -> None:
             continue
         opened = {c: open_chunk(args.corpus, args.store, c) for c in chunks}
         config = budget_config(opened, args.budget, ttt_steps=args.ttt_steps)
-        head = eagle3_from_target(target, vocab, seed=0)
+        head = eagle3_from_target(target, vocab, seed=0, input_rms=rms)
         states = heldout_states(target, held.sequences, head.target_layers)
         start = time.perf_counter()
         head, log = train_eagle3(target, head, opened, config, held_out=(held.sequences, states, held.n_prompt))

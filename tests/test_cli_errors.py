@@ -92,6 +92,11 @@ TRAINING = [
     ("--feature-weight", ["eagle", "--out", "/tmp/d", "--data", __file__, "--feature-weight", "-1"]),
     ("--noise", ["eagle", "--out", "/tmp/d", "--data", __file__, "--noise", "x"]),
     ("--out", ["eagle", "--data", __file__, "--out", NO_DIR]),
+    ("--corpus", ["eagle3", "--out", "/tmp/d", "--store", "/tmp", "--corpus", "/nonexistent"]),
+    ("--chunks", ["eagle3", "--out", "/tmp/d", "--store", "/tmp", "--corpus", "/tmp", "--chunks", "5:2"]),
+    ("--ttt-steps", ["eagle3", "--out", "/tmp/d", "--store", "/tmp", "--corpus", "/tmp", "--ttt-steps", "0"]),
+    ("--init", ["eagle3", "--out", "/tmp/d", "--store", "/tmp", "--corpus", "/tmp", "--init", "/nonexistent"]),
+    ("--chunks", ["corpus", "--out", "/tmp/c", "--chunks", "x"]),
     ("--drafts", ["eval", "--drafts", "trained,nope"]),
     ("--max-new-tokens", ["eval", "--max-new-tokens", "0"]),
 ]

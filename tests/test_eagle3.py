@@ -370,3 +370,26 @@ def test_the_unrolled_attention_is_dense_attention_under_the_drafting_mask():
     torch.testing.assert_close(torch.cat(fast, 1), dense, atol=1e-5, rtol=1e-4)
     mask = e3.unrolled_mask(length, steps)
     assert mask[2 * length + 3].tolist() == [k <= 3 for k in range(length)] + [k == 3 for k in range(length)] * 2
+
+
+def test_the_vllm_layout_names_what_llama_eagle3_loads():
+    """vLLM's loader maps midlayer.* to its one layer, keeps fc/norm/lm_head, reads d2t as offsets and skips t2d."""
+    state, config = e3.vllm_eagle3_layout(head())
+    assert config["architectures"] == ["LlamaForCausalLMEagle3"]
+    assert config["eagle_aux_hidden_state_layer_ids"] == [2, 4, 5] and config["target_hidden_size"] == 32
+    assert {"fc.weight", "norm.weight", "lm_head.weight", "d2t", "t2d", "midlayer.hidden_norm.weight",
+            "midlayer.input_layernorm.weight", "midlayer.self_attn.q_proj.weight", "midlayer.mlp.down_proj.weight"} <= set(state)
+    assert not any(k.startswith("model.") for k in state)  # no embeddings: vLLM shares the target's
+    assert state["midlayer.self_attn.k_proj.weight"].shape[1] == 2 * 32  # qkv read [embedding ; hidden]
+    ids = head().vocab_ids
+    assert torch.equal(torch.arange(len(ids)) + state["d2t"], ids)  # target id = draft id + d2t[draft id]
+    assert state["t2d"].sum() == len(ids) and state["t2d"][ids].all()
+
+
+def test_a_store_of_other_layers_is_refused(tmp_path):
+    """Training a head that reads layers (2, 4, 5) on states stored for other layers must fail before it starts."""
+    t3.check_store_layers(tmp_path, (2, 4, 5))  # nothing stored yet: any head may start
+    (tmp_path / "layers.txt").write_text("2 4 5\n")
+    t3.check_store_layers(tmp_path, (2, 4, 5))
+    with pytest.raises(ValueError, match=r"holds states of layers \['2', '4', '5'\], not \[1, 3, 5\]"):
+        t3.check_store_layers(tmp_path, (1, 3, 5))

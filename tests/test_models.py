@@ -138,27 +138,32 @@ def test_unavailable_device_is_a_value_error_naming_what_is_available(device):
         pick_device(device)
 
 
+@pytest.mark.parametrize("name", ["eagle1", "eagle3", "eagle"])
 @pytest.mark.parametrize("cpu_kernels", [True, False])
-def test_shipped_eagle_head_loads_through_load_pair(monkeypatch, cpu_kernels):
-    """load_pair("smollm2", draft="eagle"): the shipped head (<= 25 MiB) in an EagleDrafter, CPU kernels on its model too,
-    exact on a random-weight model of the target's shape (no 20 s GGUF load)."""
+def test_shipped_eagle_heads_load_through_load_pair(monkeypatch, cpu_kernels, name):
+    """load_pair("smollm2", draft=...): "eagle1" chapter 08's first head, "eagle3" its EAGLE-3 head, "eagle" the better
+    of the two (each <= 25 MiB), in an EagleDrafter with CPU kernels on its model too, exact on a random-weight model of
+    the target's shape (no 20 s GGUF load)."""
     from transformers import AutoConfig, LlamaForCausalLM
 
     from specdec_lib import speculative_generate
     from specdec_lib.drafters import EagleDrafter
-    from specdec_lib.models.eagle_head import SMOLLM2_EAGLE_DIR
     from specdec_lib.loop.generate import autoregressive_generate
     from specdec_lib.models.cpu_kernels import uses_small_batch_linear
     from specdec_lib.models.draft_model import WEIGHTS_FILE
+    from specdec_lib.models.eagle3_head import SMOLLM2_EAGLE3_DIR, Eagle3Head
+    from specdec_lib.models.eagle_head import SMOLLM2_EAGLE_DIR, EagleHead
 
-    assert (SMOLLM2_EAGLE_DIR / WEIGHTS_FILE).stat().st_size <= 25 * 2**20
+    heads = {"eagle3": (SMOLLM2_EAGLE3_DIR, Eagle3Head, "EAGLE-3"), "eagle1": (SMOLLM2_EAGLE_DIR, EagleHead, "EAGLE-1")}
+    folder, cls, label = heads[models.BEST_EAGLE if name == "eagle" else name]
+    assert (folder / WEIGHTS_FILE).stat().st_size <= 25 * 2**20
     path = models.smollm2_gguf_path()
     config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     torch.manual_seed(0)
     target = LlamaForCausalLM(config).eval()
     monkeypatch.setattr(models, "load_smollm2", lambda device, dtype: (target.to(device, dtype), None))
-    pair = load_pair("smollm2", draft="eagle", device="cpu", cpu_kernels=cpu_kernels)
-    assert isinstance(pair.draft, EagleDrafter) and "EAGLE" in pair.name
+    pair = load_pair("smollm2", draft=name, device="cpu", cpu_kernels=cpu_kernels)
+    assert isinstance(pair.draft, EagleDrafter) and isinstance(pair.draft.model, cls) and label in pair.name
     assert uses_small_batch_linear(pair.draft.model) == uses_small_batch_linear(pair.target) == cpu_kernels
     ids = torch.tensor([[1, 504, 3000, 27, 9]])
     out = speculative_generate(pair.target, pair.draft, ids, max_new_tokens=12, k=3)
@@ -167,8 +172,10 @@ def test_shipped_eagle_head_loads_through_load_pair(monkeypatch, cpu_kernels):
 
 
 def test_a_draft_you_trained_loads_from_its_folder(tmp_path):
-    """draft="FOLDER" (what `training train|eagle --out FOLDER` writes): a token draft or an EAGLE head, told apart."""
+    """draft="FOLDER" (what `training train|eagle|eagle3 --out FOLDER` writes): a token draft, an EAGLE or an EAGLE-3 head,
+    told apart."""
     from specdec_lib.drafters import EagleDrafter
+    from specdec_lib.models.eagle3_head import Eagle3Head, eagle3_from_target
     from specdec_lib.models.eagle_head import eagle_from_draft
     from specdec_lib.models.pairs import saved_draft
     from specdec_lib.models.draft_model import save_draft
@@ -183,6 +190,9 @@ def test_a_draft_you_trained_loads_from_its_folder(tmp_path):
     assert str(tmp_path / "token") in about
     head, about = saved_draft(target, tmp_path / "eagle")
     assert isinstance(head, EagleDrafter) and "EAGLE head" in about
+    save_draft(eagle3_from_target(target, torch.arange(6, 16)), tmp_path / "eagle3")
+    head3, about = saved_draft(target, tmp_path / "eagle3")
+    assert isinstance(head3, EagleDrafter) and isinstance(head3.model, Eagle3Head) and "EAGLE-3 head" in about
     with pytest.raises(FileNotFoundError, match="no trained draft"):
         saved_draft(target, tmp_path)
 
@@ -193,5 +203,5 @@ def test_draft_names_win_over_folders_of_the_same_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("int8", "layers3", "trained", "mine"):
         (tmp_path / name).mkdir()
-    assert not any(is_saved_draft(name) for name in ("int8", "layers3", "trained", "eagle", "nope"))
+    assert not any(is_saved_draft(name) for name in ("int8", "layers3", "trained", "eagle", "eagle1", "nope"))
     assert is_saved_draft("mine") and is_saved_draft(str(tmp_path / "mine"))

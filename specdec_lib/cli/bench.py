@@ -90,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     parser.add_argument("--preset", choices=["smollm2", "gpt2", "tiny-gpt2", "seed-gpt2"], default="smollm2",
                         help="seed-gpt2: gpt2-medium / gpt2 sizes with random weights, for timing with --alpha")
     parser.add_argument("--target", help="hub name or path of a target model (with --draft)")
-    parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default), eagle (its EAGLE head, chapter 08), a folder written by "
-                        "`python -m specdec_lib.training train|eagle`, or a stand-in such as "
+    parser.add_argument("--draft", help="draft model; with --preset smollm2: trained (default), eagle1 or eagle3 (its EAGLE heads, chapter 08; eagle: "
+                        "the better of the two), a folder written by `python -m specdec_lib.training train|eagle|eagle3`, or a stand-in such as "
                         "int8; 'prompt-lookup' (any preset or --target): no draft model, n-gram lookup in the text; "
                         "or any name registered with specdec_lib.drafters.register_draft")
     parser.add_argument("--confidence-threshold", type=probability, default=None,

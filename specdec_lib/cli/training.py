@@ -31,14 +31,16 @@ from ..models.draft_model import SMOLLM2_DRAFT_DIR, load_draft, save_draft
 from ..models.eagle_head import eagle_from_draft
 from ..models.pairs import is_saved_draft, stand_in_draft_check
 from ..prompts import HELDOUT_PROMPTS, training_prompts
-from ..models.eagle3_head import default_target_layers, eagle3_from_target
+from ..models.eagle3_head import default_target_layers, eagle3_from_target, load_eagle3
 from ..training.chunked_corpus import ChunkSpec, build_corpus, corpus_chunks, read_manifest
 from ..training.train_eagle3 import (
     Eagle3Config,
+    check_store_layers,
     build_features,
     draft_vocabulary,
     heldout_states,
     open_chunk,
+    state_rms,
     stored_chunks,
     train_eagle3,
     vocabulary_coverage,
@@ -224,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     own.add_argument("--out", type=writable_path, required=True)
     own.set_defaults(run=_on_policy)
     score = sub.add_parser("eval", parents=[common], help="score drafts of the SmolLM2 target on the held-out prompts")
-    score.add_argument("--drafts", type=_draft_names, default="trained,eagle,int8,layers8,bf16",
-                       help="comma-separated draft names (any registered draft that runs a model) or folders written by train/eagle "
+    score.add_argument("--drafts", type=_draft_names, default="trained,eagle1,eagle3,int8,layers8,bf16",
+                       help="comma-separated draft names (any registered draft that runs a model) or folders written by train/eagle/eagle3 "
                        "(an EAGLE head: agreement of a step's 1st draft)")
     score.add_argument("--max-new-tokens", type=positive_int, default=64)
     score.set_defaults(run=_eval)
@@ -282,7 +284,10 @@ def add_eagle3_command(sub, common: argparse.ArgumentParser) -> None:
     e3.add_argument("--patience", type=positive_int, default=Eagle3Config.patience,
                     help="stop after this many evaluations without a better held-aside agreement")
     e3.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (slower on CPU)")
+    e3.add_argument("--device", type=device, default="cpu", help="where the target and the head run (default cpu)")
     e3.add_argument("--seed", type=int, default=0)
+    e3.add_argument("--init", type=existing_folder, default=None,
+                    help="go on training this head folder (its weights and draft vocabulary; a fresh optimizer and schedule)")
     e3.add_argument("--out", type=writable_path, required=True, help="folder to write the head into")
     e3.set_defaults(run=_eagle3)
 
@@ -296,13 +301,26 @@ def _stored(args: argparse.Namespace, chunks: range | None) -> dict:
     return {c: open_chunk(args.corpus, args.store, c) for c in present}
 
 
+def _earlier_record(folder: str | None) -> dict | str | None:
+    """The training record of the head a run started from (its folder's name when it has none)."""
+    if folder is None:
+        return None
+    record = Path(folder) / "training.json"
+    return json.loads(record.read_text()) if record.exists() else str(folder)
+
+
 def _eagle3(args: argparse.Namespace) -> None:
     """Train an EAGLE-3 head on the stored chunks; write it with its training log and held-out agreement curve."""
-    target, tokenizer = load_smollm2(torch.device("cpu"), torch.float32)
+    target, tokenizer = load_smollm2(pick_device(args.device), torch.float32)
     chunks = _stored(args, args.chunks)
     vocab_chunks = chunks if args.vocab_chunks is None else _stored(args, args.vocab_chunks)
-    vocab_ids = draft_vocabulary(vocab_chunks, args.vocab_size, target.config.vocab_size)
-    head = eagle3_from_target(target, vocab_ids, seed=args.seed)
+    if args.init is None:
+        vocab_ids = draft_vocabulary(vocab_chunks, args.vocab_size, target.config.vocab_size)
+        head = eagle3_from_target(target, vocab_ids, seed=args.seed, input_rms=state_rms(chunks))
+    else:  # a second round: the earlier head's weights and vocabulary, its record kept in ours
+        head = load_eagle3(target, args.init)
+        vocab_ids = head.vocab_ids.cpu()
+    check_store_layers(args.store, head.target_layers)
     held_out = cached_held_out(target, tokenizer, Path(args.store) / "heldout")
     held = (held_out.sequences, heldout_states(target, held_out.sequences, head.target_layers), held_out.n_prompt)
     config = Eagle3Config(ttt_steps=args.ttt_steps, epochs=args.epochs, batch_tokens=args.batch_tokens, lr=args.lr,
@@ -317,9 +335,10 @@ def _eagle3(args: argparse.Namespace) -> None:
     record = {
         "command": "python -m specdec_lib.training " + " ".join(sys.argv[1:]),
         "config": asdict(config),
+        "init": _earlier_record(args.init),
         "corpus": {"chunks": sorted(chunks), "sequences": sum(len(c.rows) for c in chunks.values()),
                    "positions": sum(len(r.tokens) for c in chunks.values() for r in c.rows), "generated": generated},
-        "vocab": {"size": args.vocab_size, "chunks": sorted(vocab_chunks),
+        "vocab": {"size": len(vocab_ids), "chunks": sorted(vocab_chunks) if args.init is None else "from --init",
                   "coverage": vocabulary_coverage(chunks, vocab_ids, target.config.vocab_size)},
         "train_minutes": round(minutes, 1),
         "kept_step": kept,

@@ -30,6 +30,13 @@ from .draft_model import ASSETS, RestrictedVocabLlama, draft_config, load_draft
 SMOLLM2_EAGLE3_DIR = ASSETS / "smollm2_eagle3"
 
 
+# The final norm starts at a tenth of the target's: with the target's own norm and head rows, a random
+# layer's output gave confident, wrong logits (cross-entropy ~18 nats, twice log 8192) that training first
+# had to undo. Measured on chunks 0-3, 50 steps: held-aside agreement 0.158 / 0.121 / 0.102 (drafts 1-3)
+# against 0.139 / 0.070 / 0.062 with the full norm.
+NORM_INIT_SCALE = 0.1
+
+
 def default_target_layers(n_layers: int) -> tuple[int, int, int]:
     """Low, middle and high: the inputs of layers 2, L // 2 and L - 3, vLLM's default for EAGLE-3."""
     return (2, n_layers // 2, n_layers - 3)
@@ -168,12 +175,16 @@ def eagle3_config(target_config: LlamaConfig, vocab_ids: torch.Tensor, target_la
 
 
 def eagle3_from_target(
-    target: PreTrainedModel, vocab_ids: torch.Tensor, target_layers: tuple[int, ...] | None = None, seed: int = 0
+    target: PreTrainedModel, vocab_ids: torch.Tensor, target_layers: tuple[int, ...] | None = None, seed: int = 0,
+    input_rms: torch.Tensor | None = None,
 ) -> Eagle3Head:
     """A new head for `target`: random layer and fc (seeded), the target's embeddings, final norm and head rows.
 
     The head's normed output plays the target's top hidden state one position on, so the target's
-    own norm and LM-head rows are where its logits start.
+    LM-head rows are where its logits start (and its final norm, tempered by NORM_INIT_SCALE). `input_rms` (3 d_target,), the RMS of each
+    fused input dimension over some data (`train_eagle3.state_rms`), scales fc's columns so that the
+    fused feature starts at RMS ~1: a target's residual stream has a few dimensions hundreds of times
+    larger than the rest, which would otherwise swamp a random fc.
     """
     torch.manual_seed(seed)
     config = eagle3_config(target.config, vocab_ids, target_layers)
@@ -183,8 +194,11 @@ def eagle3_from_target(
         for module in head.modules():  # transformers' Llama init (normal, std 0.02) for every linear layer
             if isinstance(module, nn.Linear):
                 module.weight.normal_(0.0, std)
+        if input_rms is not None:
+            fan_in = head.fc.in_features
+            head.fc.weight.copy_(torch.randn_like(head.fc.weight) / (fan_in**0.5 * input_rms.to(head.fc.weight).clamp(min=1e-3)))
         head.model.embed_tokens.weight.copy_(target.model.embed_tokens.weight)
-        head.norm.load_state_dict(target.model.norm.state_dict())
+        head.norm.weight.copy_(NORM_INIT_SCALE * target.model.norm.weight)
         head.lm_head.weight.copy_(target.lm_head.weight[vocab_ids.to(target.device)])
         head.vocab_ids.copy_(vocab_ids)
     return head.to(dtype=target.dtype).eval()
@@ -200,3 +214,34 @@ def load_eagle3(target: PreTrainedModel, folder: str | Path = SMOLLM2_EAGLE3_DIR
 
 # A bare Eagle3Head passed as the draft drafts in feature space, like chapter 08's head.
 register_adapter(Eagle3Head, EagleDrafter)
+
+
+# vLLM's eagle3 checkpoint names (vllm/model_executor/models/llama_eagle3.py): the layer is `midlayer`,
+# `d2t` holds target id - draft id per draft id, `t2d` marks the target ids the draft scores, and the
+# input embeddings are the target's (left out, as here). For exporting the head to vLLM (the serving chapter).
+VLLM_ARCHITECTURE = "LlamaForCausalLMEagle3"
+
+
+def vllm_eagle3_layout(head: Eagle3Head) -> tuple[dict[str, torch.Tensor], dict]:
+    """The head's weights and config as vLLM's `eagle3` speculative method loads them."""
+    state = {}
+    for name, tensor in head.state_dict().items():
+        if name == "model.embed_tokens.weight" or name == "vocab_ids":
+            continue  # shared with the target / turned into d2t and t2d below
+        state[name.replace("model.layers.0.", "midlayer.")] = tensor.detach().cpu()
+    ids = head.vocab_ids.cpu()
+    state["d2t"] = ids - torch.arange(len(ids))
+    state["t2d"] = torch.zeros(head.config.vocab_size, dtype=torch.bool).index_fill_(0, ids, True)
+    c = head.config
+    config = {
+        "architectures": [VLLM_ARCHITECTURE], "model_type": "llama", "num_hidden_layers": 1,
+        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "hidden_act": c.hidden_act,
+        "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": getattr(c, "head_dim", c.hidden_size // c.num_attention_heads),
+        "rms_norm_eps": c.rms_norm_eps, "max_position_embeddings": c.max_position_embeddings,
+        "rope_theta": getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0),
+        "vocab_size": c.vocab_size, "draft_vocab_size": c.draft_vocab_size, "target_hidden_size": c.target_hidden_size,
+        "tie_word_embeddings": False, "torch_dtype": "float16",
+        "eagle_aux_hidden_state_layer_ids": list(c.target_layers),
+    }
+    return state, config

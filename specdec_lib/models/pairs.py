@@ -40,7 +40,10 @@ SMOLLM2_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF)"
 # reachable by name for comparison. Greedy agreement with the target and time per token relative
 # to it, measured on CPU.
 TRAINED_DRAFT = "trained"
-EAGLE_DRAFT = "eagle"  # chapter 08: a head that reads the target's features (specdec_lib/assets/smollm2_eagle)
+EAGLE1_DRAFT = "eagle1"  # chapter 08's first head: EAGLE-1, the top layer only (assets/smollm2_eagle)
+EAGLE3_DRAFT = "eagle3"  # chapter 08's EAGLE-3 head: three fused layers, training-time test (assets/smollm2_eagle3)
+EAGLE_DRAFT = "eagle"  # the better of the two in the loop on held-out prompts, as measured (assets/smollm2_eagle3/README.md)
+BEST_EAGLE = EAGLE1_DRAFT
 STAND_INS = {
     "int8": "int8 dynamic-quantized copy of the target (CPU only; agreement ~0.55, ~0.6x time)",
     "layers8": "first 8 of 30 layers + the target's head (agreement ~0.01, ~0.33x time)",
@@ -311,9 +314,12 @@ def _checked_stand_in(target: PreTrainedModel, kind: str) -> PreTrainedModel:
 # The drafts shipped for SmolLM2, by name. Any other file can add its own with register_draft.
 register_draft(TRAINED_DRAFT, lambda target: load_draft(target),
                lambda draft: f"its trained draft ({draft_summary(draft)})", presets=(DEFAULT_PRESET,))
-register_draft(EAGLE_DRAFT, lambda target: EagleDrafter(load_eagle(target)),
-               lambda drafter: f"its EAGLE head ({draft_summary(drafter.model)} + the target's features)",
+register_draft(EAGLE1_DRAFT, lambda target: EagleDrafter(load_eagle(target)),
+               lambda drafter: f"its EAGLE-1 head ({draft_summary(drafter.model)} + the target's top features)",
                presets=(DEFAULT_PRESET,))
+register_draft(EAGLE3_DRAFT, lambda target: EagleDrafter(load_eagle3(target)),
+               lambda drafter: f"its EAGLE-3 head ({eagle3_summary(drafter.model)})", presets=(DEFAULT_PRESET,))
+register_draft(EAGLE_DRAFT, draft_kind(BEST_EAGLE).build, draft_kind(BEST_EAGLE).about, presets=(DEFAULT_PRESET,))
 for _name in STAND_INS:
     register_draft(_name, lambda target, name=_name: _checked_stand_in(target, name),
                    lambda draft, name=_name: _stand_in_label(name), presets=(DEFAULT_PRESET,))
