@@ -11,29 +11,38 @@ Bottom to top (a room imports only rooms below it; tests/test_layering.py checks
 - training: the distillation corpus, draft and EAGLE training, evaluation (chapters 06, 08)
 - viz: widgets and plots
 - testing: fixtures for the tests (tiny random models, a toy tokenizer)
+- serving: the target and drafts exported to vLLM, runs and the server in vLLM's own venv (12)
 - cli: `python -m specdec_lib.bench` and `python -m specdec_lib.training`
 """
 
-from .loop import (
-    CacheSpec,
-    DynamicTree,
-    ModelRunner,
-    Sampler,
-    SpecOutput,
-    SpecStats,
-    StepRecord,
-    autoregressive_generate,
-    crop_cache,
-    greedy_verify,
-    logits_to_probs,
-    pool_steps,
-    rejection_verify,
-    sample,
-    speculative_generate,
-    speculative_step,
-)
-from .drafters import Drafter, DrafterBase, ModelDrafter, Proposal, register_draft
-from .models import ModelPair, ModelUnavailableError, load_pair, pick_device
+import importlib
+
+# The package's front door is lazy: `from specdec_lib import load_pair` imports the rooms a name lives
+# in only when it is asked for. `python -m specdec_lib.serving run` needs this: it runs inside vLLM's
+# own venv, whose older transformers can't import the loop, and touches only prompts and serving.
+_HOME = {
+    **dict.fromkeys(
+        ("CacheSpec", "DynamicTree", "ModelRunner", "Sampler", "SpecOutput", "SpecStats", "StepRecord",
+         "autoregressive_generate", "crop_cache", "greedy_verify", "logits_to_probs", "pool_steps",
+         "rejection_verify", "sample", "speculative_generate", "speculative_step"), "loop"),
+    **dict.fromkeys(("Drafter", "DrafterBase", "ModelDrafter", "Proposal", "register_draft"), "drafters"),
+    **dict.fromkeys(("ModelPair", "ModelUnavailableError", "load_pair", "pick_device"), "models"),
+}
+
+
+def __getattr__(name: str):
+    """Import a public name's room on first use (PEP 562)."""
+    if name not in _HOME:
+        raise AttributeError(f"module 'specdec_lib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names with the module's own, for tab completion."""
+    return sorted(set(globals()) | set(_HOME))
+
 
 __all__ = [
     "CacheSpec",

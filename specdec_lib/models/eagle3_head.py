@@ -241,7 +241,7 @@ def vllm_eagle3_layout(head: Eagle3Head) -> tuple[dict[str, torch.Tensor], dict]
         "rms_norm_eps": c.rms_norm_eps, "max_position_embeddings": c.max_position_embeddings,
         "rope_theta": getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0),
         "vocab_size": c.vocab_size, "draft_vocab_size": c.draft_vocab_size, "target_hidden_size": c.target_hidden_size,
-        "tie_word_embeddings": False, "torch_dtype": "float16",
+        "tie_word_embeddings": False, "torch_dtype": str(head.dtype).removeprefix("torch."),
         "eagle_aux_hidden_state_layer_ids": list(c.target_layers),
     }
     return state, config
