@@ -1,4 +1,4 @@
-"""Chapter 12's committed measurements: the course's loop against vLLM, and a batch sweep in vLLM (about 15 min on 2 cores).
+"""Chapter 12's committed measurements: the course's loop against vLLM, and a batch sweep in vLLM (about 17 min on 2 cores).
 
 Run from the course's venv after `make vllm`:
     .venv/bin/python scripts/vllm_results.py --out docs/results/cpu_ch12_vllm.json
@@ -20,7 +20,8 @@ from tqdm import tqdm
 from specdec_lib.models import load_pair
 from specdec_lib.prompts import HELDOUT_PROMPTS
 from specdec_lib.serving.client import vllm_run, vllm_serve
-from specdec_lib.serving.course import course_run, first_difference, tie_margin
+from specdec_lib.serving.course import course_run
+from specdec_lib.testing import first_difference
 from specdec_lib.serving.layout import METHODS
 
 SPECULATIVE = [m for m in METHODS if m != "none"]
@@ -35,8 +36,12 @@ def compare(prompts: list[str], k: int, max_tokens: int) -> dict:
     plain = runs["none"]["vllm"]["token_ids"]
     greedy = []
     for prompt, ours, theirs in zip(prompts, runs["none"]["course"]["token_ids"], plain):
-        at = first_difference(ours, theirs)
-        greedy.append({"same": at is None, **({} if at is None else tie_margin(target, tokenizer(prompt).input_ids, ours, at, theirs[at]))})
+        ours, theirs = torch.tensor(ours), torch.tensor(theirs)  # both max_tokens long (no stop at end-of-text)
+        if torch.equal(ours, theirs):
+            greedy.append({"same": True})
+        else:  # where they part, and the target's logit gap between the two tokens: near 0 is a near tie
+            position, gap = first_difference(target, torch.tensor(tokenizer(prompt).input_ids), ours, theirs)
+            greedy.append({"same": False, "position": position, "gap": gap})
     return {"prompts": prompts, "k": k, "max_tokens": max_tokens, "runs": runs, "course_vs_vllm_greedy": greedy,
             "speculative_equals_plain": {m: runs[m]["vllm"]["token_ids"] == plain for m in SPECULATIVE}}
 

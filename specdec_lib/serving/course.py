@@ -60,23 +60,3 @@ def course_run(target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, meth
             "token_ids": token_ids, "seconds": seconds, "tokens_per_s": sum(map(len, token_ids)) / seconds,
             "acceptance": acceptance}
 
-
-def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
-    """The first index where two token lists differ (or where one ends early); None if they are equal."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-@torch.no_grad()
-def tie_margin(target: PreTrainedModel, prompt_ids: Sequence[int], generated: Sequence[int], at: int,
-               other: int) -> dict:
-    """At a divergence: the target's logits for its own token and for the other run's token there, and their gap.
-
-    A gap of a few 1e-5 in float32 is a near tie that different kernels may break either way."""
-    ids = torch.tensor([list(prompt_ids) + list(generated[:at])], device=target.device)
-    logits = target(ids).logits[0, -1].float()
-    mine = int(generated[at]) if at < len(generated) else int(logits.argmax())
-    return {"position": at, "ours": mine, "theirs": int(other), "logit_ours": float(logits[mine]),
-            "logit_theirs": float(logits[other]), "gap": float(logits[mine] - logits[other])}

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -108,8 +109,6 @@ def export_all(build_dir: str | Path = BUILD_DIR, which: tuple[str, ...] = tuple
         partial = folder.with_name(folder.name + ".partial")  # a crash leaves no folder that looks finished
         writers[name](partial)
         if folder.exists():
-            import shutil
-
             shutil.rmtree(folder)
         partial.rename(folder)
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
