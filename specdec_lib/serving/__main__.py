@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .layout import BUILD_DIR, EXPORTS, METHODS, read_prompt_file
+from .layout import BUILD_DIR, EXPORTS, METHODS, missing_exports, read_prompt_file
 
 
 def _positive(text: str) -> int:
@@ -64,11 +64,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _missing_exports(folder: Path) -> list[str]:
-    """The exports `make vllm` should have written but are not in folder."""
-    return [name for name in EXPORTS.values() if not (folder / name / "config.json").is_file()]
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; errors a user can fix are one line on stderr and exit code 2."""
     args = parser().parse_args(argv)
@@ -82,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         export_all(args.out, which, force=args.force)
         return 0
-    missing = _missing_exports(args.models)
+    missing = missing_exports(args.models)
     if missing:
         print(f"error: {args.models} lacks {', '.join(missing)}: run `make vllm` (or `python -m specdec_lib.serving export`)",
               file=sys.stderr)

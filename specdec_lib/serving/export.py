@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrai
 
 from ..models.draft_model import SMOLLM2_DRAFT_DIR, RestrictedVocabLlama, load_draft
 from ..models.eagle3_head import SMOLLM2_EAGLE3_DIR, load_eagle3, vllm_eagle3_layout
-from .layout import BUILD_DIR, EXPORTS
+from .layout import BUILD_DIR, EXPORTS, missing_exports
 
 
 def export_target(target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
@@ -95,7 +95,7 @@ def export_all(build_dir: str | Path = BUILD_DIR, which: tuple[str, ...] = tuple
     from ..models.pairs import load_smollm2  # the GGUF target, float32 on the CPU as vLLM will run it
 
     build_dir = Path(build_dir)
-    todo = [name for name in which if force or not (build_dir / EXPORTS[name] / "config.json").is_file()]
+    todo = list(which) if force else missing_exports(build_dir, which)
     for name in sorted(set(which) - set(todo)):
         print(f"[export] {name}: already in {build_dir / EXPORTS[name]} (--force to redo)", flush=True)
     if not todo:

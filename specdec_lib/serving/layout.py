@@ -29,9 +29,14 @@ PER_POSITION = "vllm:spec_decode_num_accepted_tokens_per_pos"  # one count per d
 VLLM_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
+def missing_exports(build_dir: Path = BUILD_DIR, which: tuple[str, ...] = tuple(EXPORTS)) -> list[str]:
+    """The exports among `which` (target, draft, eagle) not yet written into build_dir."""
+    return [name for name in which if not (Path(build_dir) / EXPORTS[name] / "config.json").is_file()]
+
+
 def vllm_available(python: Path = VLLM_PYTHON) -> bool:
     """Whether `make vllm` has made vLLM's venv and exported the models it serves."""
-    return python.is_file() and all((BUILD_DIR / name / "config.json").is_file() for name in EXPORTS.values())
+    return python.is_file() and not missing_exports()
 
 
 def speculative_config(method: str, k: int, build_dir: Path = BUILD_DIR, ngram: tuple[int, int] = (1, 4)) -> dict | None:
