@@ -7,7 +7,7 @@ import specdec_lib
 
 PACKAGE = Path(specdec_lib.__file__).parent
 # Bottom to top. A room may import only rooms listed before it.
-LAYERS = ["loop", "drafters", "models", "prompts", "bench", "training", "viz", "serving", "testing", "cli"]
+LAYERS = ["loop", "drafters", "models", "prompts", "bench", "training", "viz", "serving", "testing", "exercises", "cli"]
 
 
 def room_of(path: Path) -> str | None:

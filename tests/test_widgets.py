@@ -48,6 +48,7 @@ def test_a_step_without_drafts_shows_the_targets_own_token_not_a_bonus():
     assert "own token" in table and "bonus" not in table
     assert "nothing drafted" in step_view_html(TOK, [8], [step], 0)
     assert "0 of 0" not in step_view_html(TOK, [8], [step], 0)
+    assert "last token" not in step_view_html(TOK, [8], [step], 0)  # not only at a run's end: lookups with no match too
 
 
 def test_long_text_and_legend_can_wrap():

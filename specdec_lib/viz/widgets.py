@@ -117,7 +117,8 @@ def text_html(
 def step_title(step: StepRecord) -> str:
     """One line saying what a step did."""
     if not step.draft_tokens:
-        return "nothing drafted (the last token of a run): the target's own token, as in plain decoding"
+        # Why is not in the record: a lookup with no match, an EAGLE head's first step, or no room left in the run.
+        return "nothing drafted this step: the target's own token, as in plain decoding"
     end = "the bonus token" if step.bonus else "the target's correction"
     if not step.tree.is_chain:
         return (f"accepted a path of {step.n_accepted} of a {len(step.draft_tokens)}-node tree "
