@@ -3,6 +3,7 @@
 #   make test   same environment, then every unit test (slow and compile tiers too) and nbval over every notebook
 #   make unit   the fast unit tests only (a few minutes)
 #   make vllm   vLLM in its own venv (.venv-vllm) and the course's models exported for it (chapter 12)
+#   make site   the course as a static site in build/site/ (chapters, solutions, chapter map, teacher's guide)
 #
 # GPU users: the default torch pin resolves to a CPU build on machines with a local wheel
 # cache (and on CI). To get a CUDA build, override TORCH and/or TORCH_INDEX, for example
@@ -28,7 +29,7 @@ VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.specdec-vllm-installed
 VLLM_BUILD ?= build/vllm
 
-.PHONY: install lab test unit notebooks bench clean vllm
+.PHONY: install lab test unit notebooks bench clean vllm site
 
 install: $(STAMP)
 
@@ -51,16 +52,18 @@ lab: install
 # notebooks, one single-threaded kernel per core (--dist loadfile: a notebook's cells run in order,
 # in one kernel; two notebooks at once beat one notebook on two threads).
 # The vLLM tests run on their own, in one process: each starts vLLM, which takes a core for itself.
+# The site's browser test needs Debian's chromium (.ci/run installs it), and fails rather than skips without it.
 test: install vllm
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests -m "not vllm" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -m "not vllm and not site" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
 	SPECDEC_REQUIRE_VLLM=1 $(PY) -m pytest tests -m vllm $(PYTEST_ARGS)
-	OMP_NUM_THREADS=1 $(PY) -m pytest notebooks -n $(UNIT_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	SPECDEC_REQUIRE_BROWSER=1 $(PY) -m pytest tests -m site $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest notebooks solutions -n $(UNIT_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fast tier: every property on a representative subset (the long grids, chi-square runs and
 # compiles are marked slow/compile and run in `make test`), one single-threaded worker per core:
 # tiny models gain little from a second thread and much from a second process.
 unit: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests -m "not slow and not compile and not vllm" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -m "not slow and not compile and not vllm and not site" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
 
 # One command, idempotent: each step is skipped when done (the exports by `serving export` itself).
 vllm: $(VLLM_STAMP) install
@@ -80,7 +83,11 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	@touch $@
 
 notebooks: install
-	$(PY) -m pytest notebooks $(PYTEST_ARGS)
+	$(PY) -m pytest notebooks solutions $(PYTEST_ARGS)
+
+# A static site from the committed notebooks (nothing is executed): open build/site/index.html.
+site: install
+	$(PY) scripts/build_site.py --out build/site
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_BUILD) .pytest_cache

@@ -120,11 +120,26 @@ def test_monotone_fit_never_goes_down_and_break_even_is_never_negative():
     costs = StepCosts.monotone(raw, draft=0.1)
     fitted = [costs.verify[n] for n in sorted(raw)]
     assert fitted[0] == 1.0 and all(a <= b for a, b in zip(fitted, fitted[1:]))
-    assert costs.measured == raw and fitted[5] == 2.4 and fitted[1] == 1.3
-    assert fitted[2] == fitted[3] == fitted[4] == pytest.approx((1.9 + 1.6 + 0.9) / 3)
+    assert costs.measured == raw
+    # The least-squares line through counts 2..6: mean 1.62 at n = 4, slope 1.2 / 10 = 0.12 per token.
+    assert fitted[1:] == pytest.approx([1.62 + 0.12 * (n - 4) for n in range(2, 7)])
     assert all(costs.break_even(d) >= 0 for d in range(1, 8))
     raw_costs = StepCosts(raw, draft=0.1)
     assert min(raw_costs.break_even(d) for d in range(1, 6)) < 0  # what the raw timings would have said
+
+
+def test_monotone_fit_smooths_steps_so_break_even_chances_rise_with_the_draft():
+    """Flat, then a jump (chapter 07's committed costs had one): raw, draft 3 looks never worth it and draft 4 free."""
+    raw = {1: 1.0, 2: 1.02, 3: 1.03, 4: 1.6, 5: 1.62, 6: 1.65}
+    steps = StepCosts(raw, draft=0.1)
+    assert steps.break_even(3) > 1 > 0.05 > steps.break_even(4)
+    costs = StepCosts.monotone(raw, draft=0.1)
+    chances = [costs.break_even(d) for d in range(1, 6)]
+    assert all(0 <= a <= b <= 1 for a, b in zip(chances, chances[1:])), chances
+    cheaper = StepCosts.monotone({1: 1.0, 2: 0.69, 3: 0.7, 4: 0.72}, draft=0.1)  # 2 rows cheaper than 1 (chapter 09)
+    assert cheaper.verify[2] == 1.0 and cheaper.break_even(1) == 0.0
+    flat = StepCosts.monotone({1: 1.0, 2: 1.0, 3: 1.0}, draft=0.0)
+    assert flat.verify == {1: 1.0, 2: 1.0, 3: 1.0}
 
 
 def test_worth_a_call_skips_draft_calls_that_cannot_pay():

@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import ipywidgets as widgets
 import pytest
 import torch
 
@@ -156,8 +157,10 @@ def test_live_stepper_shows_errors_inside_and_stays_usable():
     assert live.state.prompt == TOK("hello").input_ids
     live.prompt.value = "ab" * 200  # longer than the tiny model's 256 positions
     live.reset_button.click()
-    live.step_button.click()
-    assert "ValueError" in live.error.value and "256 positions" in live.error.value
+    assert "the prompt is 400 tokens, and the model reads at most 256" in live.error.value
+    live.step_button.click()  # the edited prompt takes effect on a step: refused the same way, in the learner's terms
+    assert "ValueError" in live.error.value and "at most 256" in live.error.value
+    assert "max_new_tokens" not in live.error.value
     assert live.state.steps == []
     live.prompt.value = "hello"
     live.reset_button.click()
@@ -244,3 +247,51 @@ def test_live_stepper_steps_are_the_loops_steps_when_sampling():
     ref = speculative_generate(target, draft, torch.tensor([live.state.prompt]), max_new_tokens=new + 10, k=3,
                                temperature=1.0, generator=gen)
     assert [s.new_tokens for s in ref.stats.steps[:4]] == [s.new_tokens for s in live.state.steps]
+
+
+def test_live_stepper_takes_a_new_prompt_on_the_next_step_and_keeps_its_lines():
+    target, draft = cached_pair("gpt2", "perfect")
+    live = LiveStepper(target, draft, TOK, prompt="hello\nworld", k=2)
+    assert isinstance(live.prompt, widgets.Textarea)  # a one-line box would flatten the lines in the browser
+    assert live.state.prompt == TOK("hello\nworld").input_ids and len(live.state.prompt) == 11
+    live.step_button.click()
+    live.prompt.value = "abc"
+    assert "new prompt" in live.note.value  # says so before the click, instead of ignoring it
+    live.step_button.click()
+    assert live.state.prompt == TOK("abc").input_ids and len(live.state.steps) == 1
+    assert live.note.value == ""
+
+
+def test_live_stepper_draws_a_long_prompt_by_its_end():
+    target, draft = cached_pair("gpt2", "perfect")
+    live = LiveStepper(target, draft, TOK, prompt="abcdefghij" * 10, k=2)
+    live.WINDOW = 20
+    live.step_button.click()
+    assert states(live.html.value, "prompt") == 20 and "80 earlier prompt tokens" in live.html.value
+    assert "earlier prompt tokens" not in text_html(TOK, live.state.prompt, live.state.steps)  # views of whole runs
+
+
+def test_step_limit_error_speaks_of_k():
+    target, draft = cached_pair("gpt2", "perfect")
+    live = LiveStepper(target, draft, TOK, prompt="ab" * 126, k=8)  # 252 of 256 positions
+    live.step_button.click()
+    assert "lower K to 3 or less" in live.error.value and "max_new_tokens" not in live.error.value
+
+
+class ByteTokenizer:
+    """Token i is byte i: a character of 3 UTF-8 bytes is 3 tokens, as in byte-level BPE vocabularies."""
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_token_texts_join_a_character_split_across_tokens():
+    from specdec_lib.viz.widgets import token_texts
+
+    tokens = list("日本 ok".encode())
+    texts = token_texts(ByteTokenizer(), tokens)
+    assert len(texts) == len(tokens) and "".join(texts) == "日本 ok" and "\ufffd" not in "".join(texts)
+    assert texts[:3] == ["", "", "日"]  # the character shows on the token that completes it
+    assert [ByteTokenizer().decode([t]) for t in tokens[:3]] == ["\ufffd"] * 3  # one at a time: what the view showed
+    cut = token_texts(ByteTokenizer(), tokens[:2])  # a text that ends inside a character says so
+    assert "".join(cut) == "\ufffd"

@@ -54,7 +54,7 @@ class StepCosts:
     - ``draft``: one draft call, c (`measure_cost_ratio`).
     Counts above the largest measured n continue the last measured slope. For a batch (chapter 11)
     the unit is one plain batched step, and n counts new tokens per row.
-    Raw timings are noisy and can dip as tokens are added; `StepCosts.monotone` fits them first.
+    Raw timings are noisy and can dip as tokens are added; `StepCosts.monotone` fits them first (a line, never going down).
     """
 
     verify: Mapping[int, float]
@@ -63,18 +63,23 @@ class StepCosts:
 
     @classmethod
     def monotone(cls, verify: Mapping[int, float], draft: float) -> "StepCosts":
-        """Costs fitted so they never go down as tokens are added (isotonic regression, verify[1] = 1 kept), raw kept in `measured`."""
+        """Costs fitted smooth and never going down as tokens are added; the raw timings kept in `measured`.
+
+        Raw timings are noisy: a longer call can look cheaper (a negative break-even chance), and
+        steps in them (flat, then a jump) make one draft look free and the next never worth it. A
+        call's cost grows about linearly with its tokens (more rows in every product), so calls over
+        2 or more tokens get the least-squares line through their timings, its slope at least 0; one
+        token keeps 1.0 by definition, and no call costs less than that (a kernel that makes 2 rows
+        cheaper than 1 makes the first draft free, not a gain).
+        """
         counts = sorted(verify)
-        # Pool adjacent violators: merge neighbours whose means decrease, weighting the fixed 1.0 of n = 1 heavily.
-        blocks: list[list[float]] = []  # [mean, weight, size]
-        for n in counts:
-            blocks.append([float(verify[n]), 1e9 if n == 1 else 1.0, 1])
-            while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-                (m1, w1, s1), (m2, w2, s2) = blocks[-2], blocks.pop()
-                blocks[-1] = [(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, s1 + s2]
-        fitted = [max(mean, 1.0) for mean, _, size in blocks for _ in range(size)]
-        fitted[0] = 1.0
-        return cls(dict(zip(counts, fitted)), draft, measured=dict(verify))
+        many = [n for n in counts if n >= 2]
+        mean_n = sum(many) / len(many)
+        mean_v = sum(verify[n] for n in many) / len(many)
+        spread = sum((n - mean_n) ** 2 for n in many)
+        slope = max(0.0, sum((n - mean_n) * (verify[n] - mean_v) for n in many) / spread) if spread else 0.0
+        fitted = {n: 1.0 if n == 1 else max(1.0, mean_v + slope * (n - mean_n)) for n in counts}
+        return cls(fitted, draft, measured=dict(verify))
 
     def break_even(self, d: int) -> float:
         """The chance draft d must have of passing to pay for itself, when drafts 1 .. d - 1 are certain; above 1: never."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import ipywidgets as widgets
 import torch
@@ -72,11 +72,30 @@ LOOKUP_STATES = {
 
 
 def token_span(tokenizer: PreTrainedTokenizerBase, token: int, state: str | None, current: bool = False,
-               states: dict[str, tuple[str, str, str]] = STATES) -> str:
-    """One token as an HTML span with its state's class and marker."""
+               states: dict[str, tuple[str, str, str]] = STATES, text: str | None = None) -> str:
+    """One token as an HTML span with its state's class and marker; `text` is its text in context (default: decoded alone)."""
     css, marker, _ = states[state] if state else ("sd-prompt", "", "")
     classes = f"sd-tok {css}" + (" sd-current" if current else "")
-    return f'<span class="{classes}" data-state="{state or "prompt"}">{marker}{html.escape(visible(tokenizer.decode([token])))}</span>'
+    text = tokenizer.decode([token]) if text is None else text
+    return f'<span class="{classes}" data-state="{state or "prompt"}">{marker}{html.escape(visible(text))}</span>'
+
+
+def token_texts(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[int]) -> list[str]:
+    """Each token's text in context: a character whose UTF-8 bytes span several tokens shows on the token that completes it.
+
+    Decoding tokens one at a time turns such a character (Japanese, emoji) into "\ufffd" pieces; this
+    decodes the text incrementally, as a streaming detokenizer does, so the pieces join up.
+    """
+    texts, start = [], 0  # start: the first token of a character not complete yet
+    for i in range(len(tokens)):
+        lo = max(0, start - 4)  # a few tokens of context: some tokenizers decode a token differently after others
+        before, now = tokenizer.decode(list(tokens[lo:start])), tokenizer.decode(list(tokens[lo : i + 1]))
+        if now.endswith("\ufffd") and i + 1 < len(tokens):
+            texts.append("")  # its bytes so far are part of a character: show it on the token that completes it
+            continue
+        texts.append(now[len(before):] if now.startswith(before) else tokenizer.decode(list(tokens[start : i + 1])))
+        start = i + 1
+    return texts
 
 
 def legend_html(states: dict[str, tuple[str, str, str]] = STATES) -> str:
@@ -93,24 +112,38 @@ def next_token_state(step: StepRecord) -> str:
     return "bonus" if step.bonus else "correction"
 
 
-def step_spans(tokenizer: PreTrainedTokenizerBase, step: StepRecord, current: bool, show_rejected: bool) -> list[str]:
-    """The spans of one step: accepted drafts (a tree's accepted path), rejected drafts (optionally), then the correction or bonus."""
-    spans = [token_span(tokenizer, t, "accepted", current) for t in step.accepted_tokens]
+def step_spans(tokenizer: PreTrainedTokenizerBase, step: StepRecord, current: bool, show_rejected: bool,
+               texts: Iterator[str] | None = None) -> list[str]:
+    """The spans of one step: accepted drafts (a tree's accepted path), rejected drafts (optionally), then the correction or bonus.
+
+    `texts` yields the committed tokens' texts in context (`token_texts`); rejected drafts are decoded alone.
+    """
+    text = (lambda: next(texts)) if texts is not None else (lambda: None)
+    spans = [token_span(tokenizer, t, "accepted", current, text=text()) for t in step.accepted_tokens]
     if show_rejected:  # every drafted token off the accepted path, in drafting order
         rejected = [t for i, t in enumerate(step.draft_tokens) if i not in step.path]
         spans += [token_span(tokenizer, t, "rejected", current) for t in rejected]
-    spans.append(token_span(tokenizer, step.next_token, next_token_state(step), current))
+    spans.append(token_span(tokenizer, step.next_token, next_token_state(step), current, text=text()))
     return spans
 
 
 def text_html(
-    tokenizer: PreTrainedTokenizerBase, prompt: Sequence[int], steps: Sequence[StepRecord], upto: int | None = None
+    tokenizer: PreTrainedTokenizerBase, prompt: Sequence[int], steps: Sequence[StepRecord], upto: int | None = None,
+    window: int | None = None,
 ) -> str:
-    """The text after steps[0..upto], coloured by state; the rejected drafts of step `upto` are shown struck through."""
+    """The text after steps[0..upto], coloured by state; the rejected drafts of step `upto` are shown struck through.
+
+    With `window`, only the prompt's last `window` tokens are drawn (a long prompt would make every redraw slow).
+    """
     upto = len(steps) - 1 if upto is None else upto
-    spans = [token_span(tokenizer, t, None) for t in prompt]
+    hidden = max(0, len(prompt) - window) if window is not None else 0
+    shown = list(prompt[hidden:])
+    committed = shown + [t for step in steps[: upto + 1] for t in step.new_tokens]
+    texts = iter(token_texts(tokenizer, committed))
+    spans = [f'<span class="sd-tok sd-prompt">… {hidden:,} earlier prompt tokens …</span>'] if hidden else []
+    spans += [token_span(tokenizer, t, None, text=next(texts)) for t in shown]
     for i, step in enumerate(steps[: upto + 1]):
-        spans += step_spans(tokenizer, step, current=i == upto, show_rejected=i == upto)
+        spans += step_spans(tokenizer, step, current=i == upto, show_rejected=i == upto, texts=texts)
     return '<div class="sd-view">' + BREAK.join(spans) + "</div>"
 
 
@@ -276,42 +309,64 @@ class LiveState:
 class LiveStepper(widgets.VBox):
     """Type a prompt, pick K and a temperature, and run one speculative step per click."""
 
+    WINDOW = 256  # prompt tokens drawn: a long prompt is shown by its end, so a click redraws little
+
     def __init__(self, target: PreTrainedModel, draft: PreTrainedModel | Drafter, tokenizer: PreTrainedTokenizerBase,
                  prompt: str = "Once upon a time, there was a little", k: int = 4, temperature: float = 0.0, seed: int = 0):
         self.target, self.draft, self.tokenizer, self.seed = target, draft, tokenizer, seed
-        self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="600px"))
+        # A text area keeps a multi-line prompt's lines (a one-line box would flatten them).
+        self.prompt = widgets.Textarea(value=prompt, description="prompt", rows=min(8, prompt.count("\n") + 2),
+                                       layout=widgets.Layout(width="600px"))
         wide = {"description_width": "initial"}  # show whole labels, never "temperat…"
         self.k = widgets.IntSlider(value=k, min=1, max=8, description="K", style=wide)
         self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.1,
                                                description="temperature", style=wide)
         self.step_button = widgets.Button(description="speculate one step", button_style="primary")
         self.reset_button = widgets.Button(description="reset")
-        self.html, self.error = widgets.HTML(), widgets.HTML()  # the error line sits right under the controls
+        self.html, self.error, self.note = widgets.HTML(), widgets.HTML(), widgets.HTML()
         self.step_button.on_click(guarded(self.error, lambda _: self.step()))
         self.reset_button.on_click(guarded(self.error, lambda _: self.reset()))
+        self.prompt.observe(lambda _: self.show_note(), names="value")
         controls = widgets.HBox([self.k, self.temperature, self.step_button, self.reset_button])
-        super().__init__([self.prompt, controls, self.error, self.html])
+        super().__init__([self.prompt, controls, self.note, self.error, self.html])
         self.reset()
+
+    def show_note(self) -> None:
+        """Say, under the controls, that an edited prompt starts over at the next step."""
+        edited = self.prompt.value != self.started_from
+        self.note.value = "<i>new prompt: the next step (or reset) starts over from it</i>" if edited else ""
 
     def reset(self) -> None:
         """Start over from the prompt box's text, with empty caches."""
         ids = self.tokenizer(self.prompt.value).input_ids
         if not ids:
             raise ValueError("the prompt box is empty: type a prompt, then press reset")
-        self.state = LiveState(ids)
+        limit = max_positions(self.target)
+        if limit is not None and len(ids) >= limit:
+            raise ValueError(f"the prompt is {len(ids):,} tokens, and the model reads at most {limit:,}: "
+                             "shorten it to leave room for new tokens")
+        self.state, self.started_from = LiveState(ids), self.prompt.value
         self.generator = torch.Generator(device=self.target.device).manual_seed(self.seed)
         self.seq = torch.tensor([ids], device=self.target.device)
         # The same runner and drafter serve every click, so each step feeds only what is new (the loop's caches).
         self.runner, self.drafter = ModelRunner(self.target), as_drafter(self.draft)
         self.drafter.start(self.target, self.seq)
+        self.show_note()
         self.render()
 
     def step(self) -> StepRecord:
-        """Run one speculative step (`speculative_step`) with the current K and temperature, and append it."""
+        """Run one speculative step (`speculative_step`) with the current K and temperature, and append it.
+
+        An edited prompt takes effect here: the run starts over from it first.
+        """
+        if self.prompt.value != self.started_from:
+            self.reset()
         k, limit = self.k.value, max_positions(self.target)
         if limit is not None and self.seq.shape[1] + k + 1 > limit:
-            raise ValueError(f"the text holds {self.seq.shape[1]} tokens; a step of K = {k} needs {k + 1} more, "
-                             f"past the model's {limit} positions: press reset or lower K")
+            room = limit - self.seq.shape[1]  # new positions left
+            raise ValueError(f"the text is {self.seq.shape[1]:,} tokens and the model reads at most {limit:,}: "
+                             + (f"lower K to {room - 1} or less" if room > 1 else "no room for another step")
+                             + ", or press reset")
         sampler = Sampler(self.temperature.value, generator=self.generator)
         record, self.seq = speculative_step(self.runner, self.drafter, self.seq, pick_rule("auto", sampler), sampler, k=k)
         self.state.steps.append(record)
@@ -319,8 +374,8 @@ class LiveStepper(widgets.VBox):
         return record
 
     def render(self) -> None:
-        """Show the text so far and, after a step, that step's table."""
-        body = STYLE + legend_html() + text_html(self.tokenizer, self.state.prompt, self.state.steps)
+        """Show the text so far (a long prompt by its last WINDOW tokens) and, after a step, that step's table."""
+        body = STYLE + legend_html() + text_html(self.tokenizer, self.state.prompt, self.state.steps, window=self.WINDOW)
         if self.state.steps:
             n = sum(s.n_accepted for s in self.state.steps)
             d = sum(len(s.draft_tokens) for s in self.state.steps)
