@@ -28,6 +28,12 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
         assert r["predicted_speedup"] == pytest.approx(expected_speedup(r["alpha"], r["k"], r["c"]))
     assert saved["best_k_measured"] in (1, 3) and len(saved["prompts"]) == 2
     assert plot.stat().st_size > 10_000
+    again = tmp_path / "again.png"  # a committed report drawn again, with no model run
+    assert main(["replot", str(out), str(again)]) == saved and again.stat().st_size > 10_000
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps({"batch_sizes": [1, 2]}))
+    with pytest.raises(SystemExit, match="not a K-sweep report"):
+        main(["replot", str(batch), str(again)])
     printed = capsys.readouterr().out
     assert "meas/pred" in printed and format_report(saved) in printed
     assert f"best k measured {saved['best_k_measured']}" in format_report(saved)
@@ -76,6 +82,17 @@ def test_heatmap_marks_points():
     fig = plot_speedup_heatmap(4, {"stand-in": (0.8, 0.6), "trained": (0.5, 0.1)})
     ax = fig.axes[0]
     assert [line.get_label() for line in ax.lines] == ["stand-in", "trained"]
+
+
+def test_heatmap_legend_covers_no_data_and_edge_points_are_whole():
+    """Chapter 08's map: the legend once hid a contour label, and a stand-in at α 0.98 was cut in half."""
+    fig = plot_speedup_heatmap(3, {"a draft": (0.4, 0.1), "stand-in bf16": (0.983, 0.655)}, c_max=0.8)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert not legend.overlaps(axes)
+    assert legend.y0 >= 0 and legend.x0 >= 0 and legend.x1 <= fig.bbox.width  # inside the figure
+    assert not any(line.get_clip_on() for line in ax.lines)
 
 
 def test_compare_cli_runs_all_four_methods(capsys):
@@ -263,6 +280,9 @@ def test_k_sweep_plot_marks_trees():
     assert list(left.lines[1].get_xdata()) == [1, 2]
     trees = [line for line in left.lines if line.get_label().startswith("tree ")]
     assert len(trees) == 1 and list(trees[0].get_xdata()) == [4] and trees[0].get_label() == "tree (2, 2, 1, 1) (depth on x)"
+    runs.append({"k": 4, "tree": [4, 2, 1, 1], "speedup": 1.5, "tokens_per_target_call": 2.5})  # equal values, same depth
+    xs = [line.get_xdata()[0] for line in plot_k_sweep(runs, alpha=0.7, c=0.1).axes[0].lines if line.get_label().startswith("tree ")]
+    assert xs[0] < 4 < xs[1] and xs[1] - xs[0] > 0.1  # side by side, not one on top of the other
 
 
 def test_tree_step_plot_highlights_the_path_and_draws_the_mask():

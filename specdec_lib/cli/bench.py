@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from matplotlib.figure import Figure
 from transformers import PreTrainedModel
 
 from ..bench.batch_sweep import crossover, format_batch_sweep, sweep_batch
@@ -84,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         return compare(argv[1:])
+    if argv[:1] == ["replot"]:
+        return replot(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m specdec_lib.bench", description=main.__doc__,
         epilog="python -m specdec_lib.bench compare --help: the four-way timing of chapter 04")
@@ -227,9 +230,29 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         Path(args.out).write_text(json.dumps(report, indent=2))
         print("wrote", args.out)
     if args.plot:
-        loop = "" if (args.cache, args.compile) == ("dynamic", False) else f"\n{loop_label(args.cache, args.compile)}"
-        plot_k_sweep(runs, alpha, c, title=f"{name} ({device_name(target.device)}){loop}").savefig(args.plot, dpi=120)
+        report_figure(report).savefig(args.plot, dpi=120)
         print("wrote", args.plot)
+    return report
+
+
+def report_figure(report: dict) -> Figure:
+    """The K sweep's plot of a report (a fresh run's, or one read back from its JSON)."""
+    cache, compiled = report.get("cache_implementation", "dynamic"), report.get("compile", False)
+    loop = "" if (cache, compiled) == ("dynamic", False) else f"\n{loop_label(cache, compiled)}"
+    return plot_k_sweep(report["runs"], report["alpha"], report["c"], title=f"{report['pair']} ({report['device_name']}){loop}")
+
+
+def replot(argv: Sequence[str] | None = None) -> dict:
+    """Draw a committed K-sweep report again (the plots improve; the measurement stays): `bench replot r.json r.png`."""
+    parser = argparse.ArgumentParser(prog="python -m specdec_lib.bench replot", description=replot.__doc__)
+    parser.add_argument("report", type=Path, help="a JSON report written by --out")
+    parser.add_argument("plot", type=writable_path, help="the PNG to write")
+    args = parser.parse_args(argv)
+    report = json.loads(args.report.read_text())
+    if "runs" not in report or "alpha" not in report:
+        raise SystemExit(f"{args.report} is not a K-sweep report (no runs/alpha): batch sweeps and compare runs have their own plots")
+    report_figure(report).savefig(args.plot, dpi=120)
+    print("wrote", args.plot)
     return report
 
 

@@ -39,9 +39,12 @@ def plot_k_sweep(runs: Sequence[Mapping], alpha: float, c: float, title: str = "
     right.plot(grid, [expected_tokens_per_step(alpha, k) for k in grid], "--", color=PREDICTED, label="predicted")
     right.plot(ks, [r["tokens_per_target_call"] for r in runs], "s", color=MEASURED, label="measured")
     right.set(xlabel="K (draft tokens per step)", ylabel="new tokens per target call", title="Tokens per target call")
+    # Trees of one depth side by side around it, so equal values don't hide each other.
+    same_depth = {i: [j for j, o in enumerate(trees) if o["k"] == r["k"]] for i, r in enumerate(trees)}
+    shift = {i: 0.12 * (group.index(i) - (len(group) - 1) / 2) for i, group in same_depth.items()}
     for ax, key in ((left, "speedup"), (right, "tokens_per_target_call")):
         for i, r in enumerate(trees):  # one marker per tree, named in the legend: labels beside points would overlap
-            ax.plot(r["k"], r[key], TREE_MARKERS[i % len(TREE_MARKERS)], ms=10, color=TREE, ls="none",
+            ax.plot(r["k"] + shift[i], r[key], TREE_MARKERS[i % len(TREE_MARKERS)], ms=10, color=TREE, ls="none",
                     label=f"tree {run_label(r)} (depth on x)")
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -58,16 +61,19 @@ def plot_speedup_heatmap(k: int, points: Mapping[str, tuple[float, float]] | Non
     """Predicted speedup at a fixed K over (alpha, c), with named (alpha, c) points marked."""
     alphas, costs = np.linspace(0.0, 0.99, 100), np.linspace(0.01, c_max, 100)
     grid = np.array([[expected_speedup(a, k, c) for a in alphas] for c in costs])
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    points = points or {}
+    # The legend goes under the axes, so it never covers a contour label or a point.
+    fig, ax = plt.subplots(figsize=(6, 4.2 + 0.22 * len(points)))
     mesh = ax.pcolormesh(alphas, costs, grid, cmap="viridis", shading="auto", vmin=0, vmax=max(2.0, grid.max()))
     contour = ax.contour(alphas, costs, grid, levels=[0.5, 1.0, 1.5, 2.0, 3.0], colors="white", linewidths=0.8)
     ax.clabel(contour, fmt="%.1fx", fontsize=8)
-    for (name, (a, c)), marker in zip((points or {}).items(), "o^sDvP*"):
-        ax.plot(a, c, marker, color="#D55E00", markeredgecolor="white", markersize=9, label=name)
+    for (name, (a, c)), marker in zip(points.items(), "o^sDvP*"):
+        # clip_on=False: a point at the edge (a stand-in with α near 1) is drawn whole.
+        ax.plot(a, c, marker, color="#D55E00", markeredgecolor="white", markersize=9, label=name, clip_on=False)
     ax.set(xlabel="α (acceptance rate)", ylabel="c (draft cost / target cost)", title=f"Predicted speedup, K={k}")
     fig.colorbar(mesh, ax=ax, label="speedup over target alone")
     if points:
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     fig.tight_layout()
     return fig
 
