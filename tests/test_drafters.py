@@ -140,6 +140,8 @@ def test_monotone_fit_smooths_steps_so_break_even_chances_rise_with_the_draft():
     assert cheaper.verify[2] == 1.0 and cheaper.break_even(1) == 0.0
     flat = StepCosts.monotone({1: 1.0, 2: 1.0, 3: 1.0}, draft=0.0)
     assert flat.verify == {1: 1.0, 2: 1.0, 3: 1.0}
+    with pytest.raises(ValueError, match="no gaps"):  # one count only: the constructor's clear error, not a division by 0
+        StepCosts.monotone({1: 1.0}, draft=0.1)
 
 
 def test_worth_a_call_skips_draft_calls_that_cannot_pay():

@@ -156,7 +156,8 @@ def test_every_page_loads_in_chromium_without_errors(site, server):
                     problems.append(f"{name}: a widget without its static view after it")
                 if page.evaluate("document.querySelectorAll('nav.site-nav a').length") < 2:
                     problems.append(f"{name}: no navigation bar")
-        for link in page.goto(f"{server}/index.html") and page.eval_on_selector_all("a", "as => as.map(a => a.href)"):
+        page.goto(f"{server}/index.html")
+        for link in page.eval_on_selector_all("a", "as => as.map(a => a.href)"):
             if link.startswith(server) and not page.request.get(link).ok:
                 problems.append(f"index.html: broken link {link}")
         browser.close()

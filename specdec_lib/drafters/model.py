@@ -74,6 +74,8 @@ class StepCosts:
         """
         counts = sorted(verify)
         many = [n for n in counts if n >= 2]
+        if not many:  # nothing to fit: the constructor says what is missing
+            return cls(dict(verify), draft, measured=dict(verify))
         mean_n = sum(many) / len(many)
         mean_v = sum(verify[n] for n in many) / len(many)
         spread = sum((n - mean_n) ** 2 for n in many)
