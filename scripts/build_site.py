@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import datetime
 import html
 import json
@@ -60,7 +61,7 @@ class Page:
     def href(self) -> str:
         return f"{'chapters' if self.kind == 'chapter' else 'solutions'}/{self.source.stem}.html"
 
-    @property
+    @functools.cached_property  # the bar of every page names its neighbours: read each notebook once
     def title(self) -> str:
         """The notebook's first heading, without the '#'."""
         first = "".join(nbformat.read(self.source, as_version=4).cells[0].source).splitlines()[0]

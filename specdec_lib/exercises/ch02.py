@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from .core import Mismatch, exercise
-
-
-def as_number(answer: object, what: str) -> float:
-    """A numeric answer as a float, or a Mismatch saying a number was expected."""
-    try:
-        return float(answer)
-    except (TypeError, ValueError):
-        raise Mismatch(f"the answer {answer!r} is not a number", f"hand in {what} as a number") from None
+from .core import Mismatch, as_number, exercise
 
 
 @exercise("02.2", "tokens per target call with draft=target at K = 4, as measured", 'check("02.2", tokens_per_call)')
 def check_perfect_draft(tokens_per_call: float, k: int = 4) -> str:
     """A perfect draft's tokens per call: every draft passes and the bonus follows, so K + 1 (less at a run's end)."""
-    value = as_number(tokens_per_call, "tokens per target call (new tokens / target calls)")
+    value = as_number(tokens_per_call, "the answer", "hand in tokens per target call (new tokens / target calls) as a number")
     if value > k + 1 + 1e-9:
         raise Mismatch(f"{value:.2f} tokens per call is more than one call can give at K = {k}",
                        "a call checks K drafts and adds one token of its own: count new tokens / target calls")
@@ -30,7 +22,7 @@ def check_perfect_draft(tokens_per_call: float, k: int = 4) -> str:
 @exercise("02.3", "the most tokens one target call can give at k = 1", 'check("02.3", best_tokens_per_call)')
 def check_k1_ceiling(best: float) -> str:
     """At K = 1 a call gives at most the accepted draft plus the bonus."""
-    value = as_number(best, "the best possible tokens per call")
+    value = as_number(best, "the answer", "hand in the best possible tokens per call as a number")
     if abs(value - 2) > 1e-9:
         raise Mismatch(f"{value:g} is not the most one call can give at k = 1",
                        "count the draft token (if it passes) and the token the target adds in the same call")

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from ..loop.sampling import acceptance_probability
-from .core import Mismatch, exercise, learner_code
+from .core import Mismatch, as_number, exercise, learner_code
 
 
 def distribution_cases(seed: int = 303, vocab: int = 12) -> list[tuple[str, torch.Tensor, torch.Tensor, str]]:
@@ -32,10 +32,7 @@ def check_one_minus_tv(one_minus_tv: Callable[[torch.Tensor, torch.Tensor], floa
     cases = distribution_cases()
     for name, p, q, hint in cases:
         got = learner_code(f"on '{name}', one_minus_tv", lambda: one_minus_tv(p.clone(), q.clone()))
-        try:
-            got = float(got)
-        except (TypeError, ValueError, RuntimeError):
-            raise Mismatch(f"on '{name}', one_minus_tv returned {got!r}", "return one number") from None
+        got = as_number(got, f"on '{name}', what one_minus_tv returned", "return one number")
         if abs(got - float(acceptance_probability(p, q))) > 1e-5:
             raise Mismatch(f"on '{name}', one_minus_tv returned {got:.4f}", hint)
     return f"your 1 − TV agrees with the library's acceptance_probability on {len(cases)} hidden pairs"

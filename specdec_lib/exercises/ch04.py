@@ -5,8 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..bench.theory import expected_speedup, optimal_k
-from .ch02 import as_number
-from .core import Mismatch, exercise
+from .core import Mismatch, as_number, exercise
 
 
 @exercise("04.2", "the K that theory.optimal_k recommends for your measured α and c",
@@ -37,7 +36,7 @@ def kv_cache_bytes(model: nn.Module, positions: int) -> int:
 @exercise("04.4", "the target's KV cache at 8,192 positions, in MB (or MiB)", 'check("04.4", megabytes, model=target)')
 def check_kv_cache_size(megabytes: float, *, model: nn.Module, positions: int = 8192) -> str:
     """The learner's cache size against the one computed from the model's config and dtype (MB or MiB accepted)."""
-    value = as_number(megabytes, "megabytes")
+    value = as_number(megabytes, "the answer", "hand in the size in megabytes as a number")
     size = kv_cache_bytes(model, positions)
     for unit, scale in (("MB", 1e6), ("MiB", 2**20)):
         if abs(value * scale / size - 1) < 0.02:

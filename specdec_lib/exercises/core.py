@@ -66,6 +66,14 @@ def learner_code(what: str, call: Callable[[], Any]) -> Any:
                        "run that case yourself and read the traceback") from None
 
 
+def as_number(value: Any, what: str, hint: str) -> float:
+    """A learner's value (an int, a float, a 0-d tensor) as a float, or a Mismatch saying `what` is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise Mismatch(f"{what} is {value!r}, not a number", hint) from None
+
+
 def check(id: str, answer: Any, *, quiet: bool = False, **context: Any) -> Result:
     """Test `answer` to exercise `id` on cases the notebook doesn't show; print a pass, or what failed and a hint."""
     if id not in EXERCISES:
