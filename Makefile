@@ -54,10 +54,10 @@ lab: install
 # The vLLM tests run on their own, in one process: each starts vLLM, which takes a core for itself.
 # The site's browser test needs Debian's chromium (.ci/run installs it), and fails rather than skips without it.
 test: install vllm
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests -m "not vllm and not site" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -m "not vllm and not site" -n $(UNIT_WORKERS) --durations=15 $(PYTEST_ARGS)
 	SPECDEC_REQUIRE_VLLM=1 $(PY) -m pytest tests -m vllm $(PYTEST_ARGS)
 	SPECDEC_REQUIRE_BROWSER=1 $(PY) -m pytest tests -m site $(PYTEST_ARGS)
-	OMP_NUM_THREADS=1 $(PY) -m pytest notebooks solutions -n $(UNIT_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest notebooks solutions -n $(UNIT_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # The fast tier: every property on a representative subset (the long grids, chi-square runs and
 # compiles are marked slow/compile and run in `make test`), one single-threaded worker per core:

@@ -108,6 +108,16 @@ def first_difference(target: PreTrainedModel, prompt: torch.Tensor, ref: torch.T
     return index, float((logits[ref[index]] - logits[got[index]]).abs())
 
 
+def word_tokenizer(vocab_size: int = 64):
+    """A real Hugging Face fast tokenizer for tiny models: the words t0 .. t{vocab_size-1}, split on whitespace."""
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(tok_models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0")
+
+
 class ToyTokenizer:
     """A stand-in tokenizer for tiny models: token i is the i-th printable character (space is 0)."""
 

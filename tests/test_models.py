@@ -88,14 +88,9 @@ def test_shipped_draft_fits_the_embedded_target():
 
 def save_tiny_pair(arch: str, folder) -> tuple[str, str]:
     """A tiny target and its noisy copy saved as hub-style folders, with a word-level tokenizer (t0 .. t63)."""
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from specdec_lib.testing import tiny_pair, word_tokenizer
 
-    from specdec_lib.testing import tiny_pair
-
-    words = Tokenizer(tok_models.WordLevel({f"t{i}": i for i in range(64)}, unk_token="t0"))
-    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0")
+    tokenizer = word_tokenizer(64)
     paths = []
     for name, model in zip(("target", "draft"), tiny_pair(arch, noise=0.03, vocab_size=64)):
         model.save_pretrained(folder / name)

@@ -5,6 +5,7 @@
 - draft_model: RestrictedVocabLlama, a small draft scoring part of the vocabulary; save/load (chapter 06)
 - eagle_head: EagleHead, the EAGLE head reading the target's top features (chapter 08, `eagle1`)
 - eagle3_head: Eagle3Head, the EAGLE-3 head fusing three target layers, in vLLM's eagle3 layout (chapter 08, `eagle3`)
+- gguf_cache: the GGUF target de-quantized once and kept as a plain folder ($SPECDEC_CACHE; off to opt out)
 - cpu_kernels: verify K+1 tokens at the cost of about one call on a CPU (chapter 05); opt out with cpu_kernels=False
 """
 

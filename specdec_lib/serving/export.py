@@ -18,26 +18,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrai
 
 from ..models.draft_model import SMOLLM2_DRAFT_DIR, RestrictedVocabLlama, load_draft
 from ..models.eagle3_head import SMOLLM2_EAGLE3_DIR, load_eagle3, vllm_eagle3_layout
+from ..models.gguf_cache import save_plain
 from .layout import BUILD_DIR, EXPORTS, missing_exports
 
 
 def export_target(target: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
     """Save the target and its tokenizer as a plain transformers folder (no GGUF quantizer), for vLLM to load."""
-    folder = Path(folder)
-    # transformers keeps the GGUF quantizer on a model loaded with gguf_file=; its weights are already
-    # de-quantized floats, and saving with the quantizer attached would write a GGUF config vLLM can't load.
-    quantizer, config_entry = getattr(target, "hf_quantizer", None), getattr(target.config, "quantization_config", None)
-    target.hf_quantizer = None
-    if config_entry is not None:
-        del target.config.quantization_config
-    try:
-        target.save_pretrained(folder)
-    finally:
-        target.hf_quantizer = quantizer
-        if config_entry is not None:
-            target.config.quantization_config = config_entry
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_plain(target, tokenizer, folder)
 
 
 def plain_draft(draft: RestrictedVocabLlama) -> LlamaForCausalLM:
