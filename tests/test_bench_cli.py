@@ -95,6 +95,26 @@ def test_heatmap_legend_covers_no_data_and_edge_points_are_whole():
     assert not any(line.get_clip_on() for line in ax.lines)
 
 
+def test_data_scaling_plot_shows_held_out_and_held_aside_per_draft():
+    """Chapter 08's curve: one line per draft step and set, references named, the legend clear of the axes."""
+    from specdec_lib.viz.plots import plot_data_scaling
+
+    runs = [{"generated": n, "heldout": [0.40 + d, 0.32 + d], "held_aside": [0.32 + d, 0.27 + d]}
+            for n, d in ((150_000, 0.0), (600_000, 0.01), (2_000_000, 0.02))]
+    fig = plot_data_scaling(runs, {"EAGLE-1, 1st draft": 0.443})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.lines]
+    assert labels == ["draft 1: held-out prompts", "draft 1: rows held aside from its corpus",
+                      "draft 2: held-out prompts", "draft 2: rows held aside from its corpus",
+                      "EAGLE-1, 1st draft, held-out (0.44)"]
+    assert list(ax.lines[1].get_ydata()) == [0.32, 0.33, 0.34]
+    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
+    assert ax.get_ylim() == pytest.approx((0.1, 0.6))  # zoomed to the data, in tenths
+    without = plot_data_scaling([{k: v for k, v in r.items() if k != "held_aside"} for r in runs])
+    assert len(without.axes[0].lines) == 2  # older runs without held-aside rows: held-out lines only
+
+
 def test_compare_cli_runs_all_four_methods(capsys):
     from specdec_lib.cli.bench import compare
 

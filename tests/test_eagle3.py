@@ -393,3 +393,14 @@ def test_a_store_of_other_layers_is_refused(tmp_path):
     t3.check_store_layers(tmp_path, (2, 4, 5))
     with pytest.raises(ValueError, match=r"holds states of layers \['2', '4', '5'\], not \[1, 3, 5\]"):
         t3.check_store_layers(tmp_path, (1, 3, 5))
+
+
+def test_training_runs_unwind_every_init_oldest_first():
+    """A head trained in three runs (`--init` twice) keeps each earlier record inside the next; a folder name ends the chain."""
+    from specdec_lib.training.train_eagle3 import training_runs
+
+    first = {"command": "run 1", "init": None}
+    second = {"command": "run 2", "init": first}
+    third = {"command": "run 3", "init": second}
+    assert [r["command"] for r in training_runs(third)] == ["run 1", "run 2", "run 3"]
+    assert [r["command"] for r in training_runs({"command": "eagle-1 style", "init": "smollm2_draft"})] == ["eagle-1 style"]

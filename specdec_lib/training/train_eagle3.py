@@ -251,6 +251,12 @@ def vocabulary_coverage(chunks: dict[int, StoredChunk], vocab_ids: torch.Tensor,
 # ---------------------------------------------------------------- training
 
 
+def training_runs(record: dict) -> list[dict]:
+    """The training runs behind a head, oldest first: each `--init` record it started from, then its own."""
+    earlier = record.get("init")
+    return (training_runs(earlier) if isinstance(earlier, dict) else []) + [record]
+
+
 @dataclass
 class Eagle3Config:
     """Everything that determines an EAGLE-3 training run."""
