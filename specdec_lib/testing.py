@@ -108,14 +108,15 @@ def first_difference(target: PreTrainedModel, prompt: torch.Tensor, ref: torch.T
     return index, float((logits[ref[index]] - logits[got[index]]).abs())
 
 
-def word_tokenizer(vocab_size: int = 64):
-    """A real Hugging Face fast tokenizer for tiny models: the words t0 .. t{vocab_size-1}, split on whitespace."""
+def word_tokenizer(vocab_size: int = 64, **special_tokens: str):
+    """A real Hugging Face fast tokenizer for tiny models: the words t0 .. t{vocab_size-1}, split on whitespace
+    (special_tokens: pad_token="t0", eos_token="t1", ... as PreTrainedTokenizerFast takes them)."""
     from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = Tokenizer(tok_models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0")
+    return PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0", **special_tokens)
 
 
 class ToyTokenizer:

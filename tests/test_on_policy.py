@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from specdec_lib import autoregressive_generate
+from specdec_lib import autoregressive_generate, testing
 from specdec_lib.training.corpus import plan_prompts
 from specdec_lib.training.on_policy import draft_continuations, on_policy_corpus, relabel
 from specdec_lib.training.evaluate import HeldOut, greedy_agreement
@@ -18,12 +18,7 @@ VOCAB = 16
 
 def word_tokenizer():
     """Words t0 .. t15, one id each, with a chat template: a real tokenizer class for tiny models."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
-    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0", pad_token="t0", eos_token="t1")
+    tokenizer = testing.word_tokenizer(VOCAB, pad_token="t0", eos_token="t1")
     tokenizer.chat_template = "{% for m in messages %}t2 {{ m['content'] }} t3 {% endfor %}{% if add_generation_prompt %}t4{% endif %}"
     return tokenizer
 
