@@ -13,6 +13,7 @@ from specdec_lib.bench.report import format_report
 from specdec_lib.prompts import DEFAULT_PROMPTS, load_prompts
 from specdec_lib.viz.plots import plot_k_sweep, plot_speedup_heatmap
 from specdec_lib.bench.theory import expected_speedup
+from specdec_lib.models.cpu_kernels import CANDIDATES
 
 
 def test_cli_writes_json_and_plot(tmp_path, capsys):
@@ -27,6 +28,7 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
         assert r["tokens_per_s"] > 0 and 0 <= r["alpha"] <= 1 and r["c"] > 0
         assert r["predicted_speedup"] == pytest.approx(expected_speedup(r["alpha"], r["k"], r["c"]))
     assert saved["best_k_measured"] in (1, 3) and len(saved["prompts"]) == 2
+    assert saved["cpu_kernel_choices"] and all(set(rows.values()) <= set(CANDIDATES) for rows in saved["cpu_kernel_choices"].values())
     assert plot.stat().st_size > 10_000
     again = tmp_path / "again.png"  # a committed report drawn again, with no model run
     assert main(["replot", str(out), str(again)]) == saved and again.stat().st_size > 10_000

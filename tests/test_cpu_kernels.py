@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from specdec_lib.models.cpu_kernels import CANDIDATES, MAX_ROWS, fast_on_cpu, kernel_choices, use_small_batch_linear
+from specdec_lib.models.cpu_kernels import (
+    CANDIDATES,
+    MAX_COPIES,
+    MAX_ROWS,
+    _fastest,
+    cold_copies,
+    fast_on_cpu,
+    kernel_choices,
+    kernel_table,
+    use_small_batch_linear,
+)
 from specdec_lib.testing import tiny_model
 
 
@@ -83,3 +96,34 @@ def test_a_dtype_met_later_is_measured_on_first_use():
     assert (36, 20, 3, torch.float64) not in kernel_choices()
     assert layer(torch.randn(3, 20, dtype=torch.float64)).shape == (3, 36)
     assert (36, 20, 3, torch.float64) in kernel_choices()
+
+
+def test_the_report_table_lists_each_weights_choice_by_row_count():
+    use_small_batch_linear(nn.Sequential(nn.Linear(24, 40)))
+    table = kernel_table()
+    assert list(table["40x24, float32"]) == list(range(1, MAX_ROWS + 1))
+    assert table["40x24, float32"] == {k[2]: name for k, name in kernel_choices().items() if k[:2] == (40, 24) and k[3] == torch.float32}
+    assert json.loads(json.dumps(table))["40x24, float32"]["1"] in CANDIDATES  # a bench report stores it as JSON
+
+
+def test_cold_copies_hold_the_weights_in_new_memory_up_to_the_budget():
+    layer = nn.Linear(32, 64)  # 8 KiB of float32 weights
+    copies = cold_copies(layer, cold_bytes=40_000)
+    assert len(copies) == 5 and copies[0] is layer
+    assert len({c.weight.data_ptr() for c in copies}) == 5
+    assert all(torch.equal(c.weight, layer.weight) and torch.equal(c.bias, layer.bias) for c in copies)
+    assert len(cold_copies(layer, cold_bytes=1 << 40)) == MAX_COPIES
+    assert cold_copies(layer, cold_bytes=1) == [layer]  # a weight larger than the budget is cold already
+
+
+def test_candidates_are_timed_on_every_cold_copy(monkeypatch):
+    seen: list[int] = []
+
+    def recording(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        seen.append(layer.weight.data_ptr())
+        return F.linear(x, layer.weight, layer.bias)
+
+    monkeypatch.setitem(CANDIDATES, "recording", (recording, range(1, 2)))
+    layer = nn.Linear(32, 64)
+    _fastest(layer, torch.randn(1, 32), cold_bytes=40_000)
+    assert len(set(seen)) == 5 and len(seen) == 5 * 4  # every copy, in each of 1 warm-up + 3 timed rounds

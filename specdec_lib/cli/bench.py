@@ -31,7 +31,7 @@ from ..bench.timing import measure_step_costs
 from ..drafters import PROMPT_LOOKUP, Drafter, ModelDrafter, draft_kind, draft_names
 from ..loop.tree_growth import DynamicTree
 from ..models import load_pair, pick_device
-from ..models.cpu_kernels import fast_on_cpu
+from ..models.cpu_kernels import fast_on_cpu, kernel_table
 from ..prompts import DEFAULT_PROMPTS, GROUNDED_PROMPTS, HELDOUT_PROMPTS, as_chat, load_prompts
 from ..testing import tiny_gpt2_pair
 from ..viz.plots import plot_batch_sweep, plot_k_sweep
@@ -223,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> dict | BenchResult:
         "confidence_threshold": args.confidence_threshold, "schedule": args.schedule, "cost_aware": args.cost_aware,
         "step_costs": None if costs is None else {"verify": costs.verify, "draft": costs.draft},
         "cache_implementation": args.cache, "compile": args.compile,
+        "cpu_kernel_choices": kernel_table(),  # timed once per process: tells a change of kernel from one of draft
         "best_k_measured": best["k"], "best_k_predicted": optimal_k(alpha, c), "runs": runs,
     }
     print(format_report(report))

@@ -8,9 +8,14 @@ free; on a CPU it depends on which BLAS routine the product lands in, and that d
 - a single row times a very tall matrix (a 49k-token LM head) was ~2.4x faster padded to two rows
   on the EPYC.
 So instead of a fixed rule, `use_small_batch_linear` times the candidate products once per
-(weight shape, number of rows) on this machine, when it installs them (about a second for SmolLM2,
-a few for GPT-2 medium; never inside a timed run), and keeps the fastest (`kernel_choices()` shows
-what it chose). Every candidate computes the same product.
+(weight shape, number of rows) on this machine, when it installs them (a few seconds for SmolLM2;
+never inside a timed run), and keeps the fastest (`kernel_choices()` shows what it chose; bench
+reports store it). Every candidate computes the same product.
+
+The timing reads each weight from memory, as a forward pass does (`cold_copies`): timed on one
+small weight held in cache, the matrix-vector product won at 1 row and lost in the model, which
+made SmolLM2's 1-row step 53 ms instead of 38 ms on the EPYC, a slow target-only baseline that
+flattered every speedup at small K. Results committed before 2026-12-07 were measured that way.
 
 GPT-2 computes its projections with transformers' `Conv1D` (an `addmm` with the weight stored
 (in, out)), which costs 1.3-1.5 calls for 2-3 rows on that Xeon; `use_small_batch_linear` turns
@@ -32,6 +37,8 @@ from transformers.pytorch_utils import Conv1D
 from ..loop.timer import median_seconds
 
 MAX_ROWS = 16  # above this, the stock kernel is already efficient
+COLD_BYTES = 48 << 20  # weights timed per sample: more than a CPU's last-level cache (32 MiB on the EPYC measured)
+MAX_COPIES = 64  # a small weight's copies: enough to leave the cache, few enough to tune in seconds
 
 
 def _stock(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -65,12 +72,51 @@ def kernel_choices() -> dict[tuple[int, int, int, torch.dtype], str]:
     return dict(_CHOICES)
 
 
-def _fastest(layer: nn.Linear, x: torch.Tensor) -> str:
-    """Time every candidate that serves x's row count on this input, taking turns; return the fastest's name."""
-    rows = x.shape[0]
-    calls = {name: (lambda fn=fn: fn(layer, x)) for name, (fn, serves) in CANDIDATES.items() if rows in serves}
+def kernel_table() -> dict[str, dict[int, str]]:
+    """kernel_choices() for a report, by weight: "out x in, dtype" -> {rows: the candidate chosen}.
+
+    The choice is timed once per process, so two runs of one command can differ in it: reports keep it
+    to tell a change of kernel from a change of draft.
+    """
+    table: dict[str, dict[int, str]] = {}
+    for (out_features, in_features, rows, dtype), name in sorted(_CHOICES.items(), key=lambda kv: kv[0][:3]):
+        table.setdefault(f"{out_features}x{in_features}, {str(dtype).removeprefix('torch.')}", {})[rows] = name
+    return table
+
+
+def _twin(layer: nn.Linear) -> nn.Linear:
+    """A copy of the layer's weight and bias in new memory (no forward patch: candidates call the weights directly)."""
+    twin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    twin.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+    if layer.bias is not None:
+        twin.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+    return twin
+
+
+def cold_copies(layer: nn.Linear, cold_bytes: int = COLD_BYTES) -> list[nn.Linear]:
+    """The layer and enough copies of it to hold cold_bytes of weights: cycled through, each is read from memory."""
+    nbytes = layer.weight.numel() * layer.weight.element_size()
+    return [layer] + [_twin(layer) for _ in range(min(MAX_COPIES, -(-cold_bytes // nbytes)) - 1)]
+
+
+def _fastest(layer: nn.Linear, x: torch.Tensor, cold_bytes: int = COLD_BYTES) -> str:
+    """Time every candidate that serves x's row count, cycling through cold copies of the layer, taking turns;
+    return the fastest's name.
+
+    In a forward pass each weight is read once, from memory: a model's weights are far larger than the
+    CPU's caches. Timing one small weight over and over keeps it in cache, and there a matrix-vector
+    product wins that loses in the model (on the EPYC measured: 1-row target steps of 53 ms with the
+    choices timed that way, 38 ms with these). Each timed sample also spans many calls, so the choice is
+    steadier across processes (one call of ~50 us is mostly noise).
+    """
+    rows, copies = x.shape[0], cold_copies(layer, cold_bytes)
+
+    def cycle(fn: Callable[[nn.Linear, torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        return lambda: [fn(copy, x) for copy in copies]
+
+    calls = {name: cycle(fn) for name, (fn, serves) in CANDIDATES.items() if rows in serves}
     with torch.no_grad():
-        seconds = median_seconds(calls, "cpu", repeats=5, warmup=1)
+        seconds = median_seconds(calls, "cpu", repeats=3, warmup=1)
     return min(seconds, key=seconds.get)
 
 

@@ -44,7 +44,7 @@ TRAINED_DRAFT = "trained"
 EAGLE1_DRAFT = "eagle1"  # chapter 08's first head: EAGLE-1, the top layer only (assets/smollm2_eagle)
 EAGLE3_DRAFT = "eagle3"  # chapter 08's EAGLE-3 head: three fused layers, training-time test (assets/smollm2_eagle3)
 EAGLE_DRAFT = "eagle"  # the better of the two in the loop on held-out prompts, as measured (assets/smollm2_eagle3/README.md)
-BEST_EAGLE = EAGLE1_DRAFT
+BEST_EAGLE = EAGLE3_DRAFT
 STAND_INS = {
     "int8": "int8 dynamic-quantized copy of the target (CPU only; agreement ~0.55, ~0.6x time)",
     "layers8": "first 8 of 30 layers + the target's head (agreement ~0.01, ~0.33x time)",
