@@ -14,7 +14,7 @@ reports store it). Every candidate computes the same product.
 
 The timing reads each weight from memory, as a forward pass does (`cold_copies`): timed on one
 small weight held in cache, the matrix-vector product won at 1 row and lost in the model, which
-made SmolLM2's 1-row step 53 ms instead of 38 ms on the EPYC, a slow target-only baseline that
+made SmolLM2's 1-row step 53 ms instead of 38-42 ms on the EPYC, a slow target-only baseline that
 flattered every speedup at small K. Results committed before 2026-12-07 were measured that way.
 
 GPT-2 computes its projections with transformers' `Conv1D` (an `addmm` with the weight stored
@@ -106,7 +106,7 @@ def _fastest(layer: nn.Linear, x: torch.Tensor, cold_bytes: int = COLD_BYTES) ->
     In a forward pass each weight is read once, from memory: a model's weights are far larger than the
     CPU's caches. Timing one small weight over and over keeps it in cache, and there a matrix-vector
     product wins that loses in the model (on the EPYC measured: 1-row target steps of 53 ms with the
-    choices timed that way, 38 ms with these). Each timed sample also spans many calls, so the choice is
+    choices timed that way, 38-42 ms with these). Each timed sample also spans many calls, so the choice is
     steadier across processes (one call of ~50 us is mostly noise).
     """
     rows, copies = x.shape[0], cold_copies(layer, cold_bytes)
